@@ -1,0 +1,536 @@
+"""The weighted mixer loss family: QMIX(λ), VDN(λ), QPLEX, CW/OW-QMIX, ResQ and POW in one module.
+
+Every member computes the same things (pow_spec.md §3): per-agent Q_i unrolled over stored
+chunks, the factorised Q_tot, optionally an unrestricted central critic Q̂*, a double-Q bootstrap
+(online greedy next action, scored by the *target* Q_tot or the *target* Q̂*), TD(λ) targets, and a
+weighted squared error. Members differ only in the mixer, in the network that supplies the
+bootstrap, and in a :class:`~benchmarl_pow.objectives.weighting.WeightingRule`; POW adds the
+recognition network Q_r with its own optimiser and inner updates, ResQ a residual network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torch import Tensor, nn
+from torchrl.objectives import LossModule
+
+from benchmarl_pow.modules import DmaqMixer, RecognitionMixer
+from benchmarl_pow.objectives.sequence import unroll
+from benchmarl_pow.objectives.targets import (
+    available_or_all,
+    gather_actions,
+    masked_argmax,
+    td_lambda_targets,
+)
+from benchmarl_pow.objectives.weighting import (
+    WeightingRule,
+    WeightInputs,
+    residual_mask,
+)
+
+
+class WeightedMixerLoss(LossModule):
+    """TensorDict loss for value factorisation with optional weighting, central critic and Q_r.
+
+    Args:
+        agent_network: BenchMARL model writing per-agent utilities ``(group, "action_value")``
+            ``[*B, n, A]`` (the policy's network: its parameters are the trained ones).
+        mixer: the Q_tot mixer (``QmixMixer``, ``VdnMixer`` or ``DmaqMixer``).
+        n_agents, n_actions: group size and number of discrete actions.
+        gamma, lmbda: discount and TD(λ) trace (λ = 0: one-step targets).
+        bootstrap: ``"mixer"`` (target Q_tot: QMIX/VDN/QPLEX) or ``"central"`` (target Q̂*).
+        rule: the weighting rule (default: none).
+        central_agent, central_mixer: Q̂* = central_mixer(central utilities at a, s).
+        recognition_mixer: POW's Q_r (trained by its own optimiser inside ``forward``).
+        residual_agent, residual_mixer: ResQ's residual R(s, a); Q_jt = Q_tot + w_r·(−|R|).
+        recurrent: whether the per-agent networks are recurrent (unrolled with resets).
+        state_key: root key of the global state, or None to use the concatenated observations.
+        mixer_loss_coef, central_loss_coef: 0.5 or 1.0 factors of pow_spec.md §3.
+        recognition_updates, first_recognition_updates: Q_r steps per call (first call).
+        recognition_batch_fraction: fraction of the batch drawn for each Q_r step (1 = all).
+        recognition_clip: max global grad norm of a Q_r step (over Q_r's own parameters).
+        recognition_lr: learning rate of the fallback Q_r optimiser (used only when no optimiser
+            was attached, e.g. outside an Experiment).
+        group: the agent group name.
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys read from the sampled tensordict (set with :meth:`set_keys`)."""
+
+        action: NestedKey = ("agents", "action")
+        action_mask: NestedKey = ("agents", "action_mask")
+        action_value: NestedKey = ("agents", "action_value")
+        observation: NestedKey = ("agents", "observation")
+        central_value: NestedKey = ("agents", "central_value")
+        residual_value: NestedKey = ("agents", "residual_value")
+        state: NestedKey = "state"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        is_init: NestedKey = "is_init"
+        priority: NestedKey = ("agents", "td_error")
+
+    default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+
+    agent_network: TensorDictModuleBase
+    agent_network_params: TensorDictBase
+    target_agent_network_params: TensorDictBase
+    mixer: TensorDictModuleBase
+    mixer_params: TensorDictBase
+    target_mixer_params: TensorDictBase
+    central_agent: TensorDictModuleBase
+    central_agent_params: TensorDictBase
+    target_central_agent_params: TensorDictBase
+    central_mixer: TensorDictModuleBase
+    central_mixer_params: TensorDictBase
+    target_central_mixer_params: TensorDictBase
+    residual_agent: TensorDictModuleBase
+    residual_agent_params: TensorDictBase
+    target_residual_agent_params: TensorDictBase
+    residual_mixer: TensorDictModuleBase
+    residual_mixer_params: TensorDictBase
+    target_residual_mixer_params: TensorDictBase
+
+    def __init__(
+        self,
+        agent_network: TensorDictModuleBase,
+        mixer: nn.Module,
+        *,
+        n_agents: int,
+        n_actions: int,
+        gamma: float,
+        lmbda: float,
+        bootstrap: str = "mixer",
+        rule: WeightingRule | None = None,
+        central_agent: TensorDictModuleBase | None = None,
+        central_mixer: nn.Module | None = None,
+        recognition_mixer: RecognitionMixer | None = None,
+        residual_agent: TensorDictModuleBase | None = None,
+        residual_mixer: nn.Module | None = None,
+        recurrent: bool = False,
+        state_key: NestedKey | None = "state",
+        mixer_loss_coef: float = 0.5,
+        central_loss_coef: float = 0.5,
+        recognition_updates: int = 10,
+        first_recognition_updates: int = 20,
+        recognition_batch_fraction: float = 1.0,
+        recognition_clip: float | None = 10.0,
+        recognition_lr: float = 1e-3,
+        group: str = "agents",
+    ):
+        super().__init__()
+        if bootstrap not in ("mixer", "central"):
+            raise ValueError(f"bootstrap must be 'mixer' or 'central', got {bootstrap!r}")
+        if bootstrap == "central" and (central_agent is None or central_mixer is None):
+            raise ValueError("bootstrap='central' needs central_agent and central_mixer")
+        self.rule = rule if rule is not None else WeightingRule()
+        if self.rule.needs_recognition and recognition_mixer is None:
+            raise ValueError(f"{type(self.rule).__name__} needs a recognition_mixer")
+        if self.rule.needs_central_at_greedy and central_agent is None:
+            raise ValueError(f"{type(self.rule).__name__} needs a central critic")
+        if (residual_agent is None) != (residual_mixer is None):
+            raise ValueError("residual_agent and residual_mixer go together")
+        if not 0.0 < recognition_batch_fraction <= 1.0:
+            raise ValueError(
+                f"recognition_batch_fraction must be in (0, 1], got {recognition_batch_fraction}"
+            )
+        if recognition_updates < 1 or first_recognition_updates < 1:
+            raise ValueError(
+                "recognition_updates and first_recognition_updates must be >= 1, got "
+                f"{recognition_updates} and {first_recognition_updates}"
+            )
+        self._set_in_keys_for_group(group)
+        self.group = group
+        self.n_agents = int(n_agents)
+        self.n_actions = int(n_actions)
+        self.gamma = float(gamma)
+        self.lmbda = float(lmbda)
+        self.bootstrap = bootstrap
+        self.recurrent = bool(recurrent)
+        self.state_key = state_key
+        self.mixer_loss_coef = float(mixer_loss_coef)
+        self.central_loss_coef = float(central_loss_coef)
+        self.recognition_updates = int(recognition_updates)
+        self.first_recognition_updates = int(first_recognition_updates)
+        self.recognition_batch_fraction = float(recognition_batch_fraction)
+        self.recognition_clip = recognition_clip
+        self.recognition_lr = float(recognition_lr)
+
+        self.convert_to_functional(
+            agent_network, "agent_network", create_target_params=bootstrap == "mixer"
+        )
+        self.convert_to_functional(mixer, "mixer", create_target_params=bootstrap == "mixer")
+        self.has_central = central_agent is not None
+        if self.has_central:
+            self.convert_to_functional(central_agent, "central_agent", create_target_params=True)
+            self.convert_to_functional(central_mixer, "central_mixer", create_target_params=True)
+        self.has_residual = residual_agent is not None
+        if self.has_residual:
+            self.convert_to_functional(residual_agent, "residual_agent")
+            self.convert_to_functional(residual_mixer, "residual_mixer")
+        # Q_r is a plain sub-module: it has no target network (the released one was never used).
+        self.recognition_mixer = recognition_mixer
+        self.recognition_optimizer: torch.optim.Optimizer | None = None
+        # Counted in the state dict so that a resumed run does not redo the 20-step first call.
+        self.register_buffer("n_learner_calls", torch.zeros((), dtype=torch.long))
+        #: frames collected so far; the algorithm sets it before each learner call.
+        self.total_frames = 0
+
+    # ------------------------------------------------------------------ keys
+    def _set_in_keys_for_group(self, group: str) -> None:
+        self.group = group
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        # Targets are computed in-house (see targets.py); no TorchRL value estimator to update.
+        pass
+
+    # --------------------------------------------------------------- helpers
+    def _state(self, td: TensorDictBase) -> Tensor:
+        if self.state_key is not None:
+            state = td.get(self.state_key, None)
+            if state is None:
+                raise KeyError(
+                    f"the batch has no global state at key {self.state_key!r}; set state_key=None "
+                    "to mix over the concatenated observations"
+                )
+            return state
+        return td.get(self.tensor_keys.observation).flatten(-2)
+
+    def _model_inputs(self, module: TensorDictModuleBase, td: TensorDictBase) -> TensorDictBase:
+        keys = [k for k in module.in_keys if td.get(k, None) is not None]
+        return td.select(*keys)
+
+    def _mix(
+        self,
+        mixer: nn.Module,
+        agent_qs: Tensor,
+        state: Tensor,
+        actions_onehot: Tensor,
+        max_qs: Tensor,
+    ) -> Tensor:
+        if isinstance(mixer, DmaqMixer):
+            return mixer(agent_qs, state, actions_onehot, max_qs)
+        return mixer(agent_qs, state)
+
+    def _as_sequence(self, td: TensorDictBase) -> tuple[TensorDictBase, bool]:
+        if td.batch_dims == 2:
+            return td, True
+        if td.batch_dims == 1:
+            if self.lmbda > 0:
+                raise ValueError(
+                    f"TD(λ) with lmbda={self.lmbda} needs sequences, but the batch is flat "
+                    f"(batch_size={tuple(td.batch_size)}). Store chunks (the algorithm sets "
+                    "has_rnn=True for lmbda > 0) or set lmbda=0."
+                )
+            return td.unsqueeze(1), False
+        raise ValueError(
+            f"expected a batch of transitions [B] or chunks [B, T], got batch_size={tuple(td.batch_size)}"
+        )
+
+    def _check_shapes(self, batch: torch.Size, action: Tensor, state: Tensor) -> None:
+        if tuple(action.shape) != (*batch, self.n_agents):
+            raise ValueError(
+                f"action {self.tensor_keys.action} has shape {tuple(action.shape)}; expected "
+                f"[*B, {self.n_agents}] (categorical, one per agent)"
+            )
+        mixer_state_dim = getattr(self.mixer, "state_dim", None)
+        if mixer_state_dim is not None and state.shape[-1] != mixer_state_dim:
+            raise ValueError(
+                f"state has {state.shape[-1]} features but the mixer expects {mixer_state_dim}"
+            )
+
+    # --------------------------------------------------------------- forward
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        """One learner call. Returns ``loss`` (Q_tot + Q̂* [+ ResQ]) and detached diagnostics.
+
+        For POW the Q_r inner updates happen here, before the weights are computed; the Q_r loss
+        of the last inner step is returned as ``loss_recognition`` (already stepped: the algorithm
+        removes it before BenchMARL's optimiser loop).
+        """
+        td, is_sequence = self._as_sequence(tensordict)
+        keys = self.tensor_keys
+        action = td.get(keys.action)
+        state = self._state(td)
+        next_td = td.get("next")
+        next_state = self._state(next_td)
+        self._check_shapes(td.batch_size, action, state)
+        reward = next_td.get(keys.reward)
+        terminated = next_td.get(keys.terminated).bool()
+        done = next_td.get(keys.done).bool() | terminated
+        truncated = (done & ~terminated).squeeze(-1)
+        mask = td.get(keys.action_mask, None)
+        next_mask = next_td.get(keys.action_mask, None)
+
+        # ---- per-agent utilities (online), current and next
+        agent_in = self._model_inputs(self.agent_network, td)
+        agent_next_in = self._model_inputs(self.agent_network, next_td)
+        q_all, q_next_all = unroll(
+            self.agent_network,
+            agent_in,
+            agent_next_in,
+            keys.action_value,
+            recurrent=self.recurrent,
+            truncated=truncated,
+        )
+        q_taken = gather_actions(q_all, action)  # [B, T, n]
+        q_detached = q_all.detach()
+        greedy = masked_argmax(q_detached, mask)
+        max_q = gather_actions(q_detached, greedy)
+        greedy_next = masked_argmax(q_next_all.detach(), next_mask)
+        onehot = F.one_hot(action.long(), self.n_actions).to(q_all.dtype)
+        taken_is_greedy = (action.long() == greedy).all(-1, keepdim=True)
+
+        # ---- bootstrap and TD(λ) targets
+        central_at_greedy = None
+        with torch.no_grad():
+            if self.bootstrap == "mixer":
+                with self.target_agent_network_params.to_module(self.agent_network):
+                    _, qt_next = unroll(
+                        self.agent_network,
+                        agent_in,
+                        agent_next_in,
+                        keys.action_value,
+                        recurrent=self.recurrent,
+                        truncated=truncated,
+                    )
+                next_avail = available_or_all(next_mask, qt_next)
+                qt_max = qt_next.masked_fill(~next_avail, float("-inf")).max(-1).values
+                with self.target_mixer_params.to_module(self.mixer):
+                    next_value = self._mix(
+                        self.mixer,
+                        gather_actions(qt_next, greedy_next),
+                        next_state,
+                        F.one_hot(greedy_next, self.n_actions).to(qt_next.dtype),
+                        qt_max,
+                    )
+            else:
+                central_in = self._model_inputs(self.central_agent, td)
+                central_next_in = self._model_inputs(self.central_agent, next_td)
+                with self.target_central_agent_params.to_module(self.central_agent):
+                    ct_all, ct_next = unroll(
+                        self.central_agent,
+                        central_in,
+                        central_next_in,
+                        keys.central_value,
+                        recurrent=self.recurrent,
+                        truncated=truncated,
+                    )
+                with self.target_central_mixer_params.to_module(self.central_mixer):
+                    next_value = self.central_mixer(gather_actions(ct_next, greedy_next), next_state)
+                    if self.rule.needs_central_at_greedy:
+                        central_at_greedy = self.central_mixer(
+                            gather_actions(ct_all, greedy), state
+                        )
+            target = td_lambda_targets(
+                reward, next_value, terminated, done, self.gamma, self.lmbda
+            )
+
+        # ---- factorised Q_tot (and ResQ's Q_jt)
+        q_tot = self._mix(self.mixer, q_taken, state, onehot, max_q)
+        out: dict[str, Tensor] = {}
+        if self.has_residual:
+            r_all, _ = unroll(
+                self.residual_agent,
+                self._model_inputs(self.residual_agent, td),
+                None,
+                keys.residual_value,
+                recurrent=self.recurrent,
+                need_next=False,
+            )
+            residual = -self.residual_mixer(gather_actions(r_all, action), state).abs()
+            q_tot = q_tot + residual_mask(taken_is_greedy) * residual
+            out["residual_mean"] = residual.detach().mean()
+
+        # ---- central critic Q̂*
+        loss = q_tot.new_zeros(())
+        if self.has_central:
+            c_all, _ = unroll(
+                self.central_agent,
+                self._model_inputs(self.central_agent, td),
+                None,
+                keys.central_value,
+                recurrent=self.recurrent,
+                need_next=False,
+            )
+            q_star = self.central_mixer(gather_actions(c_all, action), state)
+            central_error = q_star - target
+            loss_central = self.central_loss_coef * central_error.pow(2).mean()
+            loss = loss + loss_central
+            out["loss_central"] = loss_central.detach()
+            out["td_error_central"] = central_error.detach().abs().mean()
+            out["q_star_taken_mean"] = q_star.detach().mean()
+
+        # ---- recognition network Q_r (POW): inner updates, then the set A_r
+        lambda_delta_q = None
+        if self.recognition_mixer is not None:
+            delta_q = q_taken.detach() - max_q  # ≤ 0, exactly 0 at the greedy action
+            if torch.is_grad_enabled() and self.training:
+                out.update(self._update_recognition(delta_q, state, onehot, target))
+            with torch.no_grad():
+                q_r, lambda_delta_q = self.recognition_mixer(delta_q, state, onehot)
+            recognition_error = (q_r - target).abs()
+            out["td_error_recognition"] = recognition_error.mean()
+            out["mean_abs_delta_q"] = delta_q.abs().mean()
+            out["q_r_taken_mean"] = q_r.mean()
+            if hasattr(self.rule, "in_set"):
+                out["fraction_in_recognition_set"] = (
+                    self.rule.in_set(lambda_delta_q).float().mean()
+                )
+
+        # ---- weighted Q_tot loss (normalised by the number of samples, not by Σw: §1.8)
+        weights = self.rule.weights(
+            WeightInputs(
+                q_tot=q_tot.detach(),
+                target=target,
+                taken_is_greedy=taken_is_greedy,
+                central_target_at_greedy=central_at_greedy,
+                lambda_delta_q=lambda_delta_q,
+                total_frames=int(self.total_frames),
+            )
+        )
+        tot_error = q_tot - target
+        squared = tot_error.pow(2)
+        if weights is not None:
+            squared = weights * squared
+            out["mean_weight"] = weights.mean()
+        else:
+            out["mean_weight"] = squared.new_ones(())
+        loss_tot = self.mixer_loss_coef * squared.mean()
+        loss = loss + loss_tot
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach())} (Q_tot loss {float(loss_tot.detach())}); check rewards, "
+                "learning rate and gradient clipping"
+            )
+        td_error = tot_error.detach().abs()
+        priority = td_error.expand(*td_error.shape[:-1], self.n_agents)
+        tensordict.set(keys.priority, priority if is_sequence else priority.squeeze(1))
+
+        out.update(
+            {
+                "loss": loss,
+                "loss_q_tot": loss_tot.detach(),
+                "td_error_q_tot": td_error.mean(),
+                "q_tot_taken_mean": q_tot.detach().mean(),
+                "q_taken_mean": q_taken.detach().mean(),
+                "target_mean": target.mean(),
+                "greedy_fraction": taken_is_greedy.float().mean(),
+            }
+        )
+        return TensorDict(out, batch_size=[])
+
+    # ------------------------------------------------------------- recognition
+    def attach_recognition_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Use ``optimizer`` (BenchMARL's ``loss_recognition`` one) for the Q_r inner steps."""
+        self.recognition_optimizer = optimizer
+
+    def _update_recognition(
+        self, delta_q: Tensor, state: Tensor, onehot: Tensor, target: Tensor
+    ) -> dict[str, Tensor]:
+        """Q_r inner steps (pow_spec.md §3.6.2 (1)) on 0.5·mean((Q_r − y)²), own optimiser.
+
+        Gradients are clipped over Q_r's parameters only (the release clipped over all of the
+        learner's parameters, quirk Q3).
+        """
+        if self.recognition_optimizer is None:
+            # Outside an Experiment (tests, scripts): an Adam of our own.
+            self.recognition_optimizer = torch.optim.Adam(
+                self.recognition_mixer.parameters(), lr=self.recognition_lr, fused=True
+            )
+        optimizer = self.recognition_optimizer
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        steps = (
+            self.first_recognition_updates
+            if int(self.n_learner_calls) == 0
+            else self.recognition_updates
+        )
+        dq = delta_q.reshape(-1, self.n_agents)
+        s = state.reshape(dq.shape[0], -1)
+        oh = onehot.reshape(dq.shape[0], self.n_agents, self.n_actions)
+        y = target.reshape(-1, 1)
+        n_samples = dq.shape[0]
+        n_draw = max(1, int(round(self.recognition_batch_fraction * n_samples)))
+        grad_norm = torch.zeros(())
+        loss = torch.zeros(())
+        for _ in range(steps):
+            if n_draw < n_samples:
+                idx = torch.randint(n_samples, (n_draw,), device=dq.device)
+                q_r, _ = self.recognition_mixer(dq[idx], s[idx], oh[idx])
+                loss = 0.5 * (q_r - y[idx]).pow(2).mean()
+            else:
+                q_r, _ = self.recognition_mixer(dq, s, oh)
+                loss = 0.5 * (q_r - y).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.recognition_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.recognition_clip)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.n_learner_calls += 1
+        return {
+            "loss_recognition": loss.detach(),
+            "grad_norm_recognition": torch.as_tensor(grad_norm).detach(),
+        }
+
+    # ------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def joint_action_tables(
+        self, td: TensorDictBase, payoff: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Per-joint-action tables of a two-agent one-step game at the state in ``td``.
+
+        ``td`` holds one state (batch ``[1]``) with ``(group, "action_value")`` already computed
+        by the policy. Returns ``[A, A]`` tables (rows: agent 0): ``Q_tot`` (ResQ: ``Q_jt``),
+        ``Q_star``, ``Q_r``, ``weight`` (the training weight, with ``payoff`` as the target, which is
+        exact in a one-step game) and ``Q_i`` ``[n, A]``.
+        """
+        keys = self.tensor_keys
+        q = td.get(keys.action_value)[0]  # [n, A]
+        mask = td.get(keys.action_mask, None)
+        mask = mask[0] if mask is not None else None
+        n, a = q.shape
+        if n != 2:
+            raise ValueError(f"joint-action tables are for two-agent games, got {n} agents")
+        joint = torch.cartesian_prod(torch.arange(a), torch.arange(a)).to(q.device)
+        q_taken = q[torch.arange(n, device=q.device), joint]  # [A², n]
+        greedy = masked_argmax(q, mask)
+        max_q = q[torch.arange(n, device=q.device), greedy].expand_as(q_taken)
+        state = self._state(td)[0].expand(joint.shape[0], -1)
+        onehot = F.one_hot(joint, a).to(q.dtype)
+        is_greedy = (joint == greedy).all(-1, keepdim=True)
+        tables: dict[str, Tensor] = {"Q_i": q}
+        q_tot = self._mix(self.mixer, q_taken, state, onehot, max_q)
+        if self.has_residual:
+            seq = td.select(*self._model_inputs(self.residual_agent, td).keys(True, True)).unsqueeze(1)
+            if "is_init" in seq.keys():
+                seq.set("is_init", torch.ones_like(seq.get("is_init")))
+            r = self.residual_agent(seq).get(keys.residual_value)[0, 0]
+            residual = -self.residual_mixer(r[torch.arange(n, device=q.device), joint], state).abs()
+            tables["Q_tot_monotone"] = q_tot.reshape(a, a)
+            q_tot = q_tot + residual_mask(is_greedy) * residual
+        tables["Q_tot"] = q_tot.reshape(a, a)
+        if self.has_central:
+            seq = td.select(*self._model_inputs(self.central_agent, td).keys(True, True)).unsqueeze(1)
+            if "is_init" in seq.keys():
+                seq.set("is_init", torch.ones_like(seq.get("is_init")))
+            c = self.central_agent(seq).get(keys.central_value)[0, 0]  # [n, A]
+            tables["Q_star"] = self.central_mixer(c[torch.arange(n, device=q.device), joint], state).reshape(a, a)
+        lambda_delta_q = None
+        if self.recognition_mixer is not None:
+            q_r, lambda_delta_q = self.recognition_mixer(q_taken - max_q, state, onehot)
+            tables["Q_r"] = q_r.reshape(a, a)
+        if payoff is not None:
+            target = payoff.to(q.device).reshape(-1, 1)
+            weights = self.rule.joint_action_weights(q_tot, target, is_greedy, lambda_delta_q)
+            tables["weight"] = (
+                weights if weights is not None else torch.ones_like(q_tot)
+            ).reshape(a, a)
+        return tables

@@ -1,0 +1,24 @@
+"""TorchRL environments of benchmarl-pow and their BenchMARL tasks.
+
+Nothing here imports ``benchmarl_pow``: environments know no learning algorithm. The
+intersection task imports ``highway_env`` lazily, so this package imports without the extra.
+"""
+
+from custom_envs.common import ProjectTask, conf_root
+from custom_envs.intersection import HighwayTask
+from custom_envs.matrix_game import MatrixGameEnv, MatrixGameTask
+from custom_envs.predator_prey import PredatorPreyEnv, PredatorPreyTask
+
+#: Every task enum of this project; ``benchmarl_pow`` registers them with BenchMARL.
+TASKS: list[type[ProjectTask]] = [MatrixGameTask, PredatorPreyTask, HighwayTask]
+
+__all__ = [
+    "TASKS",
+    "HighwayTask",
+    "MatrixGameEnv",
+    "MatrixGameTask",
+    "PredatorPreyEnv",
+    "PredatorPreyTask",
+    "ProjectTask",
+    "conf_root",
+]

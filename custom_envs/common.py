@@ -1,0 +1,89 @@
+"""Shared plumbing for this project's BenchMARL tasks.
+
+BenchMARL's :class:`~benchmarl.environments.Task` looks for task yamls inside its own package
+folder. Our tasks keep their yamls in this project's ``conf/task/<env>/<task>.yaml`` (shipped as the
+package data ``benchmarl_pow.conf``), so :class:`ProjectTask` overrides the yaml lookup and validates
+the loaded dict against the task's own config dataclass (BenchMARL only type-checks its own tasks).
+
+This module imports nothing from ``benchmarl_pow``: environments know no learning algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from benchmarl.environments.common import Task, TaskClass
+from benchmarl.utils import _read_yaml_config
+
+
+def conf_root() -> Path:
+    """The folder that holds ``task/<env>/<task>.yaml``.
+
+    In a source checkout (editable install) that is the repository's ``conf/``; in a
+    non-editable install it is the ``benchmarl_pow.conf`` package data. The package is located
+    with ``find_spec`` so that nothing from ``benchmarl_pow`` is imported here.
+    """
+    repo_conf = Path(__file__).resolve().parent.parent / "conf"
+    if (repo_conf / "task").is_dir():
+        return repo_conf
+    spec = importlib.util.find_spec("benchmarl_pow")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "conf"
+            if (candidate / "task").is_dir():
+                return candidate
+    raise FileNotFoundError(
+        "Could not find the benchmarl-pow config folder (conf/task). Reinstall the package "
+        "with `pip install .` or run from a source checkout."
+    )
+
+
+def validate_task_config(config_class: type, task_name: str, config: dict[str, Any]) -> dict:
+    """Check ``config`` against the task's dataclass: unknown or missing keys raise early."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s) {unknown} for task '{task_name}'. Known keys: {sorted(fields)}"
+        )
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(config_class)
+        if f.name not in config
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    )
+    if missing:
+        raise ValueError(f"Missing config key(s) {missing} for task '{task_name}'")
+    return dataclasses.asdict(config_class(**config))
+
+
+class ProjectTask(Task):
+    """A BenchMARL task enum whose yamls live in this project's ``conf/task`` folder.
+
+    Subclasses implement ``associated_class()`` (the :class:`TaskClass`) and
+    ``config_class()`` (the dataclass used both as the Hydra schema and for validation).
+    """
+
+    @staticmethod
+    def config_class() -> type:
+        raise NotImplementedError
+
+    def get_from_yaml(self, path: str | None = None) -> TaskClass:
+        """Load this task's config from ``conf/task/<env>/<task>.yaml`` (or ``path``)."""
+        task_name = self.name.lower()
+        if path is None:
+            path = str(conf_root() / "task" / self.env_name() / f"{task_name}.yaml")
+        config = _read_yaml_config(path)
+        return self.get_task(config=config)
+
+    def get_task(self, config: dict[str, Any] | None = None) -> TaskClass:
+        if config is None:
+            return self.get_from_yaml()
+        config = validate_task_config(
+            self.config_class(), f"{self.env_name()}/{self.name.lower()}", dict(config)
+        )
+        return self.associated_class()(name=self.name, config=config)

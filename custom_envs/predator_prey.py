@@ -36,7 +36,12 @@ TensorDict layout (batch size ``[num_envs]``):
   counters, read by :meth:`PredatorPreyClass.log_info` at done steps.
 
 Randomness comes from a ``torch.Generator`` owned by the env (``seed`` / :meth:`set_seed`); one draw
-per step covers all environments, each environment getting its own numbers.
+per step covers all environments, each environment getting its own numbers. The same seed and the
+same sequence of calls give the same trajectories.
+
+Tests and debugging: :meth:`PredatorPreyEnv.set_positions` places agents / stags (and frozen / alive
+flags, step counters) by hand in chosen envs; :meth:`PredatorPreyEnv.positions` reads them back as
+``(row, col)``. :meth:`PredatorPreyEnv.render` draws env 0 as an RGB array.
 
 Deviation from the reference implementation: when the last capture happens on the very step that
 reaches ``episode_limit``, the reference reports a time-out (``episode_limit`` True, bootstrapped);
@@ -78,6 +83,9 @@ CATCH = 5
 MOVES = ((0, 1), (1, 0), (0, -1), (-1, 0))
 #: Grid cell codes; the observation/state channel of code ``k >= 1`` is ``k - 1``.
 EMPTY, AGENT, STAG = 0, 1, 2
+#: Temporary code of a live agent that chose ``catch``, used during the prey phase of a step only
+#: (``CATCHER & 3 == AGENT``, so one bitwise and restores the codes afterwards).
+CATCHER = 5
 N_CHANNELS = 3  # agent, stag, hare (hares are never placed: n_hare = 0 in the reference config)
 STAG_REWARD = 10.0
 CATCHERS_PER_STAG = 2
@@ -151,7 +159,7 @@ def random_available_actions(
 ) -> torch.Tensor:
     """A uniformly random available action per agent, from a bool mask ``[..., n_actions]``."""
     keys = torch.rand(action_mask.shape, generator=generator, device=action_mask.device)
-    return torch.where(action_mask, keys, -1.0).argmax(-1)
+    return ((keys + 1.0) * action_mask).argmax(-1)  # available keys are >= 1, the others 0
 
 
 class PredatorPreyEnv(EnvBase):
@@ -214,7 +222,7 @@ class PredatorPreyEnv(EnvBase):
     # ---------------------------------------------------------------- construction
     def _make_tables(self) -> None:
         """Index tables over the padded grid (built once, on the env's device)."""
-        g, r, n = self.grid_size, self.obs_radius, self.n_agents
+        g, r = self.grid_size, self.obs_radius
         gp = g + 2 * r  # padded side
         self._gp = gp
         self._n_cells = gp * gp  # padded cells; index _n_cells is the scratch cell
@@ -244,8 +252,7 @@ class PredatorPreyEnv(EnvBase):
         self._nbr_flat = nbr.reshape(-1).to(dev)  # [cells * 6]
         self._nbr4 = nbr[:, :4].contiguous().to(dev)  # [cells, 4]
         self._static_mask = static_mask.to(dev)
-        self._stay_only = static_mask.new_zeros(N_ACTIONS).index_fill_(0, torch.tensor(STAY), True)
-        self._stay_only = self._stay_only.to(dev)
+        self._stay_only = (torch.arange(N_ACTIONS) == STAY).to(dev)
         self._win_off = win_off.to(dev)
         b = self.num_envs
         # row-code tables (see _row_codes): a window row of w cells has code sum_k code_k 3**k
@@ -269,11 +276,7 @@ class PredatorPreyEnv(EnvBase):
         else:
             self._row_table = None
             self._state_anchor = None
-        self._agent_ids = torch.arange(n, device=dev).expand(b, n)
-        self._no_agent = torch.zeros(b, 1, dtype=torch.bool, device=dev)
         self._move_vals = torch.tensor([EMPTY, AGENT], dtype=torch.int16, device=dev).expand(b, 2)
-        self._prey_vals = torch.tensor([EMPTY] * 5 + [STAG], dtype=torch.int16, device=dev)
-        self._prey_vals = self._prey_vals.expand(b, 6)
 
     def _make_specs(self) -> None:
         b, n, dev = self.num_envs, self.n_agents, self.device
@@ -400,13 +403,18 @@ class PredatorPreyEnv(EnvBase):
         g, r, gp = self.grid_size, self.obs_radius, self._gp
         return grid[:, : self._n_cells].view(-1, gp, gp)[:, r : r + g, r : r + g]
 
-    def _rebuild_grid(self, which: torch.Tensor) -> None:
-        """Recompute the grid of the envs in the bool mask ``which`` [B] from the positions."""
-        grid = torch.zeros_like(self._grid)
-        grid.scatter_(1, torch.where(self._frozen, self._scratch, self._agent_pos), AGENT)
-        grid.scatter_(1, torch.where(self._prey_alive, self._prey_pos, self._scratch), STAG)
-        grid[:, self._scratch] = EMPTY
-        self._grid = torch.where(which.unsqueeze(1), grid, self._grid)
+    def _rebuild_grid(self, ids: torch.Tensor) -> None:
+        """Recompute the grid rows of the envs ``ids`` (long [k]) from the positions."""
+        scratch = self._scratch
+        grid = torch.zeros(
+            ids.numel(), self._grid.shape[1], dtype=self._grid.dtype, device=self.device
+        )
+        live = ~self._frozen[ids]
+        grid.scatter_(1, scratch + (self._agent_pos[ids] - scratch) * live, AGENT)
+        alive = self._prey_alive[ids]
+        grid.scatter_(1, scratch + (self._prey_pos[ids] - scratch) * alive, STAG)
+        grid[:, scratch] = EMPTY
+        self._grid[ids] = grid
 
     @staticmethod
     def _one_hot(codes: torch.Tensor) -> torch.Tensor:
@@ -440,7 +448,7 @@ class PredatorPreyEnv(EnvBase):
             # one table lookup per window row: row code -> its (2r+1) * 3 channel values
             rc = self._row_codes()
             rows = rc.gather(1, (pos.unsqueeze(-1) + self._row_off).view(b, -1)).view(b, n, -1)
-            rows = torch.where(live.unsqueeze(-1), rows, 0).long()  # frozen agents see zeros
+            rows = (rows * live.unsqueeze(-1)).long()  # frozen agents see zeros
             obs = torch.nn.functional.embedding(rows, self._row_table).view(b, n, self.obs_dim)
             if self._state_anchor is not None:
                 seg = rc.index_select(1, self._state_anchor).long()
@@ -449,26 +457,27 @@ class PredatorPreyEnv(EnvBase):
                 state = self._one_hot(self._interior_view(grid)).view(b, -1)
         else:
             win = (pos.unsqueeze(-1) + self._win_off).view(b, -1)
-            codes = torch.where(live.unsqueeze(-1), grid.gather(1, win).view(b, n, -1), 0)
+            codes = grid.gather(1, win).view(b, n, -1) * live.unsqueeze(-1)
             obs = self._one_hot(codes)
             state = self._one_hot(self._interior_view(grid)).view(b, -1)
         # action mask: static moves/stay of the cell, catch iff a stag/hare is next to the agent
         mask = self._static_mask.index_select(0, flat_pos).view(b, n, N_ACTIONS)
         near = grid.gather(1, self._nbr4.index_select(0, flat_pos).view(b, -1))
         mask[..., CATCH] = (near.view(b, n, 4) >= STAG).any(-1)
-        mask = torch.where(live.unsqueeze(-1), mask, self._stay_only)
-        terminated = self._terminated.unsqueeze(-1)
-        truncated = self._truncated.unsqueeze(-1)
+        mask &= live.unsqueeze(-1) | self._stay_only  # frozen agents: only `stay`
+        # (copies: the returned tensors never alias the env's running state)
+        terminated = self._terminated.unsqueeze(-1).clone()
+        truncated = self._truncated.unsqueeze(-1).clone()
         agent_entries = {"observation": obs, "action_mask": mask}
         if reward is not None:
             agent_entries["reward"] = reward.view(b, 1, 1).expand(b, n, 1)
         agents = TensorDict._new_unsafe(agent_entries, batch_size=(b, n), device=self.device)
         info = TensorDict._new_unsafe(
             {
-                "episode_return": self._ep_return.unsqueeze(-1),
-                "captures": self._captures.unsqueeze(-1),
-                "miscaptures": self._miscaptures.unsqueeze(-1),
-                "episode_length": self._steps.unsqueeze(-1),
+                "episode_return": self._ep_return.unsqueeze(-1).clone(),
+                "captures": self._captures.unsqueeze(-1).clone(),
+                "miscaptures": self._miscaptures.unsqueeze(-1).clone(),
+                "episode_length": self._steps.unsqueeze(-1).clone(),
                 "episode_limit": truncated,
             },
             batch_size=(b,),
@@ -492,111 +501,102 @@ class PredatorPreyEnv(EnvBase):
         b, n, p = self.num_envs, self.n_agents, self.n_prey
         reset = None if tensordict is None else tensordict.get("_reset", None)
         if reset is None:
-            which = torch.ones(b, dtype=torch.bool, device=self.device)
+            ids = torch.arange(b, device=self.device)
         else:
-            which = reset.view(b).to(self.device)
+            ids = reset.view(b).to(self.device).nonzero().squeeze(-1)
+        k = ids.numel()
         # agents one by one on uniformly random free cells, then the stags: the same law as the
         # first n + p entries of a uniformly random ordering of the cells.
-        keys = torch.rand(
-            b, self.grid_size * self.grid_size, generator=self.rng, device=self.device
-        )
-        cells = self._interior[keys.topk(n + p, dim=1).indices]  # [B, n + p], distinct
-        w1 = which.unsqueeze(1)
-        self._agent_pos = torch.where(w1, cells[:, :n], self._agent_pos)
-        self._prey_pos = torch.where(w1, cells[:, n:], self._prey_pos)
-        self._frozen = self._frozen & ~w1
-        self._prey_alive = self._prey_alive | w1
-        zero = ~which
-        self._steps = self._steps * zero
-        self._ep_return = self._ep_return * zero
-        self._captures = self._captures * zero
-        self._miscaptures = self._miscaptures * zero
-        self._terminated = self._terminated & zero
-        self._truncated = self._truncated & zero
-        self._rebuild_grid(which)
+        keys = torch.rand(k, self.grid_size**2, generator=self.rng, device=self.device)
+        cells = self._interior[keys.topk(n + p, dim=1).indices]  # [k, n + p], distinct
+        self._agent_pos[ids] = cells[:, :n]
+        self._prey_pos[ids] = cells[:, n:]
+        self._frozen[ids] = False
+        self._prey_alive[ids] = True
+        for name in ("_steps", "_ep_return", "_captures", "_miscaptures"):
+            getattr(self, name)[ids] = 0
+        self._terminated[ids] = False
+        self._truncated[ids] = False
+        self._rebuild_grid(ids)
         return self._observe()
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        # Hot path. Masked selections use arithmetic (`scratch + (idx - scratch) * flag`) rather than
+        # torch.where, and the loops touch [B, <=4]-sized tensors only: indexing ops cost several ns
+        # per element on CPU while elementwise arithmetic is vectorised.
         b, n, p = self.num_envs, self.n_agents, self.n_prey
         action = tensordict.get((self.group, "action")).reshape(b, n).to(self.device).long()
         grid = self._grid
         scratch = self._scratch
         pos = self._agent_pos
         frozen = self._frozen
+        live = ~frozen
         rnd = torch.rand(b, n + p + 4 * p, generator=self.rng, device=self.device)
         agent_order = rnd[:, :n].argsort(dim=1)
         prey_order = rnd[:, n : n + p].argsort(dim=1)
-        prey_keys = rnd[:, n + p :].view(b, p, 4)
 
         # ---- 1. agents move one by one in a random order. An agent only moves during its own turn,
         # so its start and target cells can be looked up for all agents beforehand; its move only
         # depends on whether the target is empty when its turn comes.
         target = self._nbr_flat.index_select(0, (pos * N_ACTIONS + action).view(-1)).view(b, n)
-        wants = ~frozen & (target != pos)  # stay, catch and off-grid moves target the own cell
+        wants = live & (target != pos)  # stay, catch and off-grid moves target the own cell
         ord_pos = pos.gather(1, agent_order)
         ord_tgt = target.gather(1, agent_order)
         ord_wants = wants.gather(1, agent_order)
-        ord_cells = torch.stack([ord_pos, ord_tgt], dim=-1).unbind(1)  # N x [B, 2]
+        # (old cell, new cell) relative to the scratch cell, so that `rel * moved + scratch` sends
+        # the writes of agents that do not move to the scratch cell
+        rel_cells = (torch.stack([ord_pos, ord_tgt], dim=-1) - scratch).unbind(1)  # N x [B, 2]
         tgts, wants_i = ord_tgt.unsqueeze(-1).unbind(1), ord_wants.unsqueeze(-1).unbind(1)
         moved = []
         for i in range(n):
             mv = wants_i[i] & (grid.gather(1, tgts[i]) == EMPTY)  # [B, 1]
-            # clear the old cell, fill the new one (both writes go to the scratch cell if no move)
-            grid.scatter_(1, torch.where(mv, ord_cells[i], scratch), self._move_vals)
+            grid.scatter_(1, rel_cells[i] * mv + scratch, self._move_vals)  # clear old, fill new
             moved.append(mv)
-        pos = pos.scatter(1, agent_order, torch.where(torch.cat(moved, 1), ord_tgt, ord_pos))
+        moved = torch.cat(moved, 1)
+        pos = pos.scatter(1, agent_order, ord_pos + (ord_tgt - ord_pos) * moved)
         self._agent_pos = pos
 
-        # ---- 2. prey act one by one in a random order. Agent positions are final now.
-        live = ~frozen
-        # id of the live agent in each cell (n = none), to find the agents next to each stag
-        ids = torch.full_like(grid, n, dtype=torch.long)
-        ids.scatter_(1, torch.where(live, pos, scratch), self._agent_ids)
-        # catching[b, k]: agent k chose catch and is still unfrozen (column n: "no agent")
-        catching = torch.cat([(action == CATCH) & live, self._no_agent], dim=1)
-        catching_start = catching[:, :n].clone()
+        # ---- 2. prey act one by one in a random order. Agent positions are final now; live
+        # agents that chose `catch` are marked CATCHER in the grid, and a frozen catcher's cell is
+        # emptied, so one gather around a stag shows both its free cells and its catchers.
+        catching = (action == CATCH) & live
+        grid.scatter_(1, (pos - scratch) * catching + scratch, CATCHER)
         ord_prey_pos = self._prey_pos.gather(1, prey_order)  # [B, P]
         ord_alive = self._prey_alive.gather(1, prey_order)
         ord_nbr = self._nbr4.index_select(0, ord_prey_pos.view(-1)).view(b, p, 4)
-        ord_nbr_ids = ids.gather(1, ord_nbr.view(b, -1)).view(b, p, 4)
-        # dead prey get keys below -1 so that they never move
-        ord_keys = torch.where(ord_alive.unsqueeze(-1), prey_keys, -2.0)
-        heres = ord_prey_pos.unsqueeze(-1).unbind(1)
-        alives, nbrs, nbr_ids, keys = (
-            ord_alive.unbind(1),
-            ord_nbr.unbind(1),
-            ord_nbr_ids.unbind(1),
-            ord_keys.unbind(1),
-        )
+        # move keys in [1, 2) for alive prey, 0 for dead ones (which therefore never move)
+        ord_keys = (rnd[:, n + p :].view(b, p, 4) + 1.0) * ord_alive.unsqueeze(-1)
+        rel_here = (ord_prey_pos - scratch).unsqueeze(-1).unbind(1)
+        alives = ord_alive.unsqueeze(-1).unbind(1)
+        nbrs, keys = ord_nbr.unbind(1), ord_keys.unbind(1)
         n_catch, caught, moves, dests = [], [], [], []
         for j in range(p):
-            nb, here = nbrs[j], heres[j]  # [B, 4], [B, 1]
+            nb = nbrs[j]  # [B, 4] neighbouring cells (off-grid ones -> the stag's own cell)
+            codes = grid.gather(1, nb)
             # capture: at least 2 unfrozen catchers next to the stag (agents frozen by an earlier
-            # capture in this step no longer count)
-            catchers = catching.gather(1, nbr_ids[j])  # [B, 4]
+            # capture in this step are no longer CATCHER)
+            catchers = codes == CATCHER
             count = catchers.sum(-1, keepdim=True)
-            got = (count >= CATCHERS_PER_STAG) & alives[j].unsqueeze(-1)  # [B, 1]
-            froze = catchers & got
-            catching.scatter_(1, torch.where(froze, nbr_ids[j], n), False)
+            got = (count >= CATCHERS_PER_STAG) & alives[j]  # [B, 1]
+            grid.scatter_(1, (nb - scratch) * (catchers & got) + scratch, EMPTY)  # freeze
             # otherwise move to a uniformly random free neighbouring cell (stay if none is free)
-            free = grid.gather(1, nb) == EMPTY
-            best, choice = torch.where(free, keys[j], -1.0).max(-1, keepdim=True)
-            mv = (best >= 0) & ~got
+            best, choice = (keys[j] * (codes == EMPTY)).max(-1, keepdim=True)
+            mv = (best > 0) & ~got
             dest = nb.gather(1, choice)
-            # grid: clear the frozen catchers, the caught or moving stag's cell, fill its new cell
-            cells = torch.cat([nb, here, dest], dim=1)
-            write = torch.cat([froze, got | mv, mv], dim=1)
-            grid.scatter_(1, torch.where(write, cells, scratch), self._prey_vals)
+            grid.scatter_(1, rel_here[j] * (got | mv) + scratch, EMPTY)
+            grid.scatter_(1, (dest - scratch) * mv + scratch, STAG)
             n_catch.append(count)
             caught.append(got)
             moves.append(mv)
             dests.append(dest)
         n_catch = torch.cat(n_catch, 1)
         caught = torch.cat(caught, 1)
-        new_pos = torch.where(torch.cat(moves, 1), torch.cat(dests, 1), ord_prey_pos)
+        new_pos = ord_prey_pos + (torch.cat(dests, 1) - ord_prey_pos) * torch.cat(moves, 1)
         self._prey_pos = self._prey_pos.scatter(1, prey_order, new_pos)
         self._prey_alive = self._prey_alive.scatter(1, prey_order, ord_alive & ~caught)
-        self._frozen = frozen | (catching_start & ~catching[:, :n])
+        # catchers still marked were not frozen; frozen ones had their cell emptied
+        self._frozen = frozen | (catching & (grid.gather(1, pos) != CATCHER))
+        grid.bitwise_and_(3)  # CATCHER -> AGENT
         captures = caught.sum(-1)
         misses = (ord_alive & (n_catch > 0) & ~caught).sum(-1)
         reward = captures * STAG_REWARD + misses * self.miscapture_punishment  # float [B]
@@ -684,9 +684,7 @@ class PredatorPreyEnv(EnvBase):
             getattr(self, name)[ids] = 0
         self._terminated[ids] = False
         self._truncated[ids] = False
-        which = torch.zeros(b, dtype=torch.bool, device=dev)
-        which[ids] = True
-        self._rebuild_grid(which)
+        self._rebuild_grid(ids)
         return self._observe()
 
     def positions(self) -> dict[str, torch.Tensor]:

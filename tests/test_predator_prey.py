@@ -115,6 +115,12 @@ def test_constants_and_shapes():
     assert_matches_reference(env, td)
 
 
+def test_to_same_device_and_seed_api():
+    env = PredatorPreyEnv(2, seed=0)
+    assert env.to("cpu") is env
+    assert isinstance(env.set_seed(3), int)
+
+
 def test_check_env_specs():
     check_env_specs(PredatorPreyEnv(4, seed=1, miscapture_punishment=-4.0))
     check_env_specs(PredatorPreyEnv(1, seed=2, obs_radius=1, grid_size=6, n_agents=3, n_prey=2))
@@ -733,14 +739,15 @@ def test_config_dataclass_is_complete():
 # BenchMARL smoke test
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_name", ["mlp", "gru"])
-def test_benchmarl_qmix_smoke(tmp_path, model_name):
+def test_benchmarl_qmix_smoke(tmp_path, model_name, monkeypatch):
     from benchmarl.algorithms import QmixConfig
     from benchmarl.experiment import Experiment, ExperimentConfig
     from benchmarl.models import GruConfig, MlpConfig
 
     config = ExperimentConfig.get_from_yaml()
     config.loggers = []
-    config.create_json = False
+    # BenchMARL only evaluates when it has a logger or writes the json
+    config.create_json = model_name == "mlp"
     config.render = model_name == "mlp"
     config.evaluation = model_name == "mlp"
     config.evaluation_interval = 200
@@ -753,6 +760,14 @@ def test_benchmarl_qmix_smoke(tmp_path, model_name):
     config.max_n_iters = 2
     config.checkpoint_at_end = False
     config.save_folder = str(tmp_path)
+    frames = []
+    render = PredatorPreyEnv.render
+
+    def counting_render(self, *args, **kwargs):
+        frames.append(render(self, *args, **kwargs))
+        return frames[-1]
+
+    monkeypatch.setattr(PredatorPreyEnv, "render", counting_render)
     model = MlpConfig.get_from_yaml() if model_name == "mlp" else GruConfig.get_from_yaml()
     model_config = (
         dataclasses.replace(model, num_cells=[16])
@@ -770,3 +785,5 @@ def test_benchmarl_qmix_smoke(tmp_path, model_name):
     experiment.run()
     assert experiment.n_iters_performed == 2
     assert experiment.total_frames == 400
+    if config.render:  # the evaluation rollout rendered env 0 at every step
+        assert len(frames) >= 2 and frames[0].shape == (160, 160, 3)

@@ -63,11 +63,10 @@ def unroll(
         return out[0], out[1]
 
     batch, time = inputs.shape
-    extended = torch.cat([inputs, next_inputs[:, -1:]], dim=1)  # [B, T+1]
-    is_init = torch.cat(
-        [inputs.get("is_init"), torch.zeros_like(inputs.get("is_init")[:, :1])], dim=1
-    )
-    extended.set("is_init", is_init)
+    # o'_{T-1} continues the last episode of the chunk: no reset before it.
+    tail = next_inputs[:, -1:].select(*inputs.keys(True, True), strict=False).clone()
+    tail.set("is_init", torch.zeros_like(inputs.get("is_init")[:, :1]))
+    extended = torch.cat([inputs, tail], dim=1)  # [B, T+1]
     out = _run(module, extended, out_key)
     current, nxt = out[:, :-1], out[:, 1:]
 

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--window", type=float, default=0.3, help="seconds per timing window (best of 3)"
     )
+    parser.add_argument(
+        "--skip-intersection", action="store_true", help="only the predator-prey table"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -141,7 +144,16 @@ def main(argv: list[str] | None = None) -> None:
     print("\npredator-prey (stag hunt, 8 agents, 8 stags, 10x10), random available actions")
     print(format_predator_prey(predator_prey_rows(args.batch_sizes, device, args.window)))
 
-    # Further sections (other environments, e.g. the intersection task) go here.
+    if args.device == "cpu" and not args.skip_intersection:
+        # The intersection env is numpy inside (one process, or BenchMARL's parallel workers).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        try:
+            from intersection_throughput import format_rows, intersection_rows
+        except ImportError as err:  # the optional `intersection` extra is missing
+            print(f"\nhighway/intersection skipped: {err}")
+        else:
+            print("\nhighway/intersection (4 vehicles), random actions, one process and 2 workers")
+            print(format_rows(intersection_rows(steps=1000)))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 from benchmarl.algorithms import algorithm_config_registry
+from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import GruConfig, MlpConfig
-from benchmarl.environments import VmasTask
 
 from benchmarl_pow.algorithms import ALGORITHMS
 from custom_envs import MatrixGameTask

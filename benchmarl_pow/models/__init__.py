@@ -1,0 +1,23 @@
+"""BenchMARL models of this project: ``rnn_agent`` (PyMARL's recurrent agent network)."""
+
+from __future__ import annotations
+
+from benchmarl_pow.models.rnn_agent import RnnAgent, RnnAgentConfig, RnnAgentSchema, gru_recurrence
+
+MODELS = {"rnn_agent": RnnAgentConfig}
+
+
+def register_models() -> None:
+    """Add our models to BenchMARL's ``model_config_registry`` and store their Hydra schemas
+    (group ``model``, name ``<name>_config``, which ``conf/model/<name>.yaml`` lists in its
+    defaults). Idempotent."""
+    import benchmarl.models
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, config_class in MODELS.items():
+        benchmarl.models.model_config_registry[name] = config_class
+    store.store(name="rnn_agent_config", group="model", node=RnnAgentSchema)
+
+
+__all__ = ["MODELS", "RnnAgent", "RnnAgentConfig", "RnnAgentSchema", "gru_recurrence", "register_models"]

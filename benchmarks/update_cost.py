@@ -130,10 +130,10 @@ def learner_call(experiment, batch: TensorDict) -> None:
 def time_calls(algorithm: str, calls: int, fraction: float = 1.0) -> float:
     experiment = build(algorithm, fraction)
     batch = synthetic_batch()
-    learner_call(experiment, batch.clone())  # warm-up (POW's first call makes 20 Q_r steps)
+    learner_call(experiment, batch)  # warm-up (POW's first call makes 20 Q_r steps)
     start = time.perf_counter()
     for _ in range(calls):
-        learner_call(experiment, batch.clone())
+        learner_call(experiment, batch)
     seconds = (time.perf_counter() - start) / calls
     experiment.close()
     return seconds

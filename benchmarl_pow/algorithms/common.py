@@ -269,8 +269,8 @@ class WeightedMixerAlgorithm(Algorithm):
         loss = self.get_loss_and_updater(group)[0]
         loss.total_frames = int(self.experiment.total_frames)
         optimizers = getattr(self.experiment, "optimizers", {}).get(group, {})
-        if self.uses_recognition and "loss_recognition" in optimizers:
-            loss.attach_recognition_optimizer(optimizers["loss_recognition"])
+        if optimizers and loss._optimizers != optimizers:
+            loss.attach_optimizers(optimizers)
         return batch
 
     def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:

@@ -43,110 +43,146 @@ __all__ = ["RnnAgent", "RnnAgentConfig", "RnnAgentSchema", "gru_recurrence"]
 # --------------------------------------------------------------------------------------------------
 # The recurrence
 # --------------------------------------------------------------------------------------------------
-def _hidden_gates(h: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
-    """``W_hh h + b_hh`` for ``h`` ``[B, n, H]``: shared ``w_hh`` ``[3H, H]`` or per-agent ``[n, 3H, H]``."""
-    if w_hh.dim() == 2:
-        batch, n, hidden = h.shape
-        return torch.addmm(b_hh, h.reshape(batch * n, hidden), w_hh.t()).view(batch, n, -1)
-    return torch.baddbmm(b_hh.unsqueeze(1), h.transpose(0, 1), w_hh.transpose(1, 2)).transpose(0, 1)
-
-
-def _hidden_grad(d_gh: Tensor, w_hh: Tensor) -> Tensor:
-    """``d_gh @ W_hh``: the gradient reaching ``h`` through ``W_hh h``; ``d_gh`` ``[B, n, 3H]``."""
-    if w_hh.dim() == 2:
-        batch, n, gates = d_gh.shape
-        return torch.mm(d_gh.reshape(batch * n, gates), w_hh).view(batch, n, -1)
-    return torch.bmm(d_gh.transpose(0, 1), w_hh).transpose(0, 1)
-
-
 class _GruRecurrence(torch.autograd.Function):
     """The recurrent part of a GRU unroll with resets, given the precomputed input gates.
 
-    Inputs: ``gi`` ``[B, T, n, 3H]`` (``W_ih x_t + b_ih`` for every step), ``keep`` ``[B, T, 1, 1]``
-    (0 where the hidden state is reset to zero before step t, else 1), ``h0`` ``[B, n, H]``,
-    ``w_hh`` ``[3H, H]`` or ``[n, 3H, H]``, ``b_hh`` ``[3H]`` or ``[n, 3H]``.
-    Output: the hidden states ``h_1 … h_T`` as ``[B, T, n, H]``.
+    Time-major inputs: ``gi`` ``[T, B, n, 3H]`` (``W_ih x_t + b_ih`` for every step), ``keep``
+    ``[T, B]`` (0 where the hidden state is reset to zero before step t, else 1), ``h0``
+    ``[B, n, H]``, ``w_hh`` ``[3H, H]`` (shared) or ``[n, 3H, H]`` (per agent), ``b_hh`` ``[3H]`` or
+    ``[n, 3H]``. Output: the hidden states ``h_1 … h_T`` as ``[T, B, n, H]``.
 
     Per step, with ``hp = keep_t · h_{t-1}``, exactly ``torch.nn.GRUCell``::
 
         r = σ(gi_r + W_hr hp + b_hr)        z = σ(gi_z + W_hz hp + b_hz)
         n = tanh(gi_n + r ⊙ (W_hn hp + b_hn))
         h = (1 − z) ⊙ n + z ⊙ hp
+
+    The loop writes every intermediate straight into preallocated time-major buffers (``out=``),
+    so one step is one ``addmm`` and five element-wise kernels on cache-resident ``[B·n, ·]``
+    blocks. The backward pass is the hand-written BPTT: per step ~12 element-wise kernels and the
+    ``dh_{t-1} = d(gates) · W_hh`` matmul; ``dW_hh`` and ``db_hh`` are one big matmul/sum after it.
     """
 
     @staticmethod
     def forward(ctx, gi: Tensor, keep: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
-        batch, time, n, gates = gi.shape
-        hidden = gates // 3
-        hs = gi.new_empty(batch, time, n, hidden)
-        rz_all = gi.new_empty(batch, time, n, 2 * hidden)  # σ outputs r, z
-        new_all = gi.new_empty(batch, time, n, hidden)  # tanh output n
-        ghn_all = gi.new_empty(batch, time, n, hidden)  # W_hn hp + b_hn
-        h = h0
+        time, batch, n, gates = gi.shape
+        hidden, rows = gates // 3, batch * n
+        gi = gi.reshape(time, rows, gates)
+        keep = keep.reshape(time, batch, 1, 1).to(gi.dtype)
+        resets = (keep.reshape(time, batch) == 0).any(1).tolist()
+        shared = w_hh.dim() == 2
+        # hs[0] = h0, hs[t + 1] = h_t; only the W_hn part of W_hh hp + b_hh is kept for backward.
+        hs = gi.new_empty(time + 1, rows, hidden)
+        hs[0] = h0.reshape(rows, hidden)
+        ghn_all = gi.new_empty(time, rows, hidden)
+        rz_all = gi.new_empty(time, rows, 2 * hidden)  # σ outputs r, z
+        new_all = gi.new_empty(time, rows, hidden)  # tanh output n
+        gh = gi.new_empty(rows, gates)
+        w_t = w_hh.t() if shared else w_hh.transpose(1, 2)
         for t in range(time):
-            hp = h * keep[:, t]
-            gh = _hidden_gates(hp, w_hh, b_hh)
-            git = gi[:, t]
-            rz = torch.sigmoid(git[..., : 2 * hidden] + gh[..., : 2 * hidden])
-            ghn = gh[..., 2 * hidden :]
-            new = torch.tanh(torch.addcmul(git[..., 2 * hidden :], rz[..., :hidden], ghn))
-            h = torch.addcmul(new, rz[..., hidden:], hp - new)
-            hs[:, t] = h
-            rz_all[:, t] = rz
-            new_all[:, t] = new
-            ghn_all[:, t] = ghn
-        ctx.save_for_backward(keep, h0, w_hh, hs, rz_all, new_all, ghn_all)
-        return hs
+            hp = _apply_keep(hs[t], keep[t], batch) if resets[t] else hs[t]
+            if shared:
+                torch.addmm(b_hh, hp, w_t, out=gh)
+            else:
+                per_agent = torch.baddbmm(b_hh.unsqueeze(1), hp.view(batch, n, hidden).transpose(0, 1), w_t)
+                gh.view(batch, n, gates).copy_(per_agent.transpose(0, 1))
+            git = gi[t]
+            rz = torch.add(git[:, : 2 * hidden], gh[:, : 2 * hidden], out=rz_all[t]).sigmoid_()
+            ghn = ghn_all[t].copy_(gh[:, 2 * hidden :])
+            new = torch.addcmul(git[:, 2 * hidden :], rz[:, :hidden], ghn, out=new_all[t]).tanh_()
+            torch.addcmul(new, rz[:, hidden:], hp - new, out=hs[t + 1])
+        ctx.save_for_backward(keep, w_hh, hs, ghn_all, rz_all, new_all)
+        ctx.resets = resets
+        return hs[1:].view(time, batch, n, hidden)
 
     @staticmethod
     def backward(ctx, d_hs: Tensor):
-        keep, h0, w_hh, hs, rz_all, new_all, ghn_all = ctx.saved_tensors
-        batch, time, n, hidden = hs.shape
-        # The state each step started from (after its reset): hp_t = keep_t · h_{t-1}.
-        hp_all = torch.cat([h0.unsqueeze(1), hs[:, :-1]], dim=1).mul_(keep)
-        d_gi = hs.new_empty(batch, time, n, 3 * hidden)
-        d_gh = hs.new_empty(batch, time, n, 3 * hidden)
-        dh = torch.zeros_like(h0)
-        d_hs = d_hs.contiguous() if d_hs is not None else torch.zeros_like(hs)
+        keep, w_hh, hs, ghn_all, rz_all, new_all = ctx.saved_tensors
+        resets = ctx.resets
+        time = rz_all.shape[0]
+        rows, hidden = hs.shape[1:]
+        batch = keep.shape[1]
+        n = rows // batch
+        gates = 3 * hidden
+        shared = w_hh.dim() == 2
+        if d_hs is None:
+            d_hs = torch.zeros_like(new_all)
+        d_hs = d_hs.reshape(time, rows, hidden)
+        d_gi = hs.new_empty(time, rows, gates)
+        d_ghn_all = hs.new_empty(time, rows, hidden)  # d(W_hn hp + b_hn) = d(pre-tanh) ⊙ r
+        ones = hs.new_ones(rows, hidden)
+        w_rz, w_n = w_hh[..., : 2 * hidden, :], w_hh[..., 2 * hidden :, :]
+        dh = torch.zeros_like(ones)
         for t in range(time - 1, -1, -1):
-            dh = dh + d_hs[:, t]
-            rz = rz_all[:, t]
-            r, z = rz[..., :hidden], rz[..., hidden:]
-            new = new_all[:, t]
-            hp = hp_all[:, t]
-            # h = n + z ⊙ (hp − n)
-            d_new_pre = dh * (1 - z) * (1 - new * new)  # through tanh
-            d_rz = torch.cat([d_new_pre * ghn_all[:, t], dh * (hp - new)], dim=-1)
-            d_rz = d_rz * rz * (1 - rz)  # through σ
-            d_gi[:, t, :, : 2 * hidden] = d_rz
-            d_gi[:, t, :, 2 * hidden :] = d_new_pre
-            d_gh[:, t, :, : 2 * hidden] = d_rz
-            d_ghn = d_new_pre * r
-            d_gh[:, t, :, 2 * hidden :] = d_ghn
-            dh = (dh * z + _hidden_grad(d_gh[:, t], w_hh)) * keep[:, t]
-        d_h0 = dh if ctx.needs_input_grad[2] else None
+            dh = dh + d_hs[t]
+            rz = rz_all[t]
+            r, z = rz[:, :hidden], rz[:, hidden:]
+            new = new_all[t]
+            hp = _apply_keep(hs[t], keep[t], batch) if resets[t] else hs[t]
+            d_rz_act = torch.addcmul(rz, rz, rz, value=-1)  # σ' = σ(1 − σ)
+            dhz = dh * z
+            # h = n + z ⊙ (hp − n): through n and tanh, then through r and z
+            d_pre_n = torch.mul(dh - dhz, torch.addcmul(ones, new, new, value=-1), out=d_gi[t, :, 2 * hidden :])
+            torch.mul(d_pre_n * ghn_all[t], d_rz_act[:, :hidden], out=d_gi[t, :, :hidden])
+            torch.mul(dh * (hp - new), d_rz_act[:, hidden:], out=d_gi[t, :, hidden : 2 * hidden])
+            d_ghn = torch.mul(d_pre_n, r, out=d_ghn_all[t])
+            if shared:
+                dh = torch.addmm(dhz, d_gi[t, :, : 2 * hidden], w_rz).addmm_(d_ghn, w_n)
+            else:
+                d_gh = torch.cat([d_gi[t, :, : 2 * hidden], d_ghn], -1).view(batch, n, gates).transpose(0, 1)
+                dh = dhz + torch.bmm(d_gh, w_hh).transpose(0, 1).reshape(rows, hidden)
+            if resets[t]:
+                dh = _apply_keep(dh, keep[t], batch)
+        d_h0 = dh.view(batch, n, hidden) if ctx.needs_input_grad[2] else None
         d_w = d_b = None
-        if w_hh.dim() == 2:
-            flat_gh = d_gh.view(-1, 3 * hidden)
-            if ctx.needs_input_grad[3]:
-                d_w = flat_gh.t().mm(hp_all.view(-1, hidden))
-            if ctx.needs_input_grad[4]:
-                d_b = flat_gh.sum(0)
-        else:
-            per_agent_gh = d_gh.transpose(0, 2).reshape(n, -1, 3 * hidden)  # [n, T·B, 3H]
-            if ctx.needs_input_grad[3]:
-                per_agent_hp = hp_all.transpose(0, 2).reshape(n, -1, hidden)
-                d_w = torch.bmm(per_agent_gh.transpose(1, 2), per_agent_hp)
-            if ctx.needs_input_grad[4]:
-                d_b = per_agent_gh.sum(1)
-        d_gi = d_gi if ctx.needs_input_grad[0] else None
+        d_gh_rz = d_gi[..., : 2 * hidden]
+        if ctx.needs_input_grad[3]:
+            # dW_hh = Σ_t d_gh_t^T hp_t with hp_t = keep_t · hs[t]: all rows at once, then minus
+            # the (few) rows whose state was reset.
+            t_idx, b_idx = torch.nonzero(keep.reshape(time, batch) == 0, as_tuple=True)
+            reset_hp = hs[:-1].view(time, batch, n, hidden)[t_idx, b_idx]  # [K, n, H]
+            reset_gh = torch.cat(
+                [
+                    d_gh_rz.view(time, batch, n, 2 * hidden)[t_idx, b_idx],
+                    d_ghn_all.view(time, batch, n, hidden)[t_idx, b_idx],
+                ],
+                -1,
+            )  # [K, n, 3H]
+            if shared:
+                flat_hp = hs[:-1].reshape(-1, hidden)
+                d_w = torch.cat(
+                    [d_gh_rz.reshape(-1, 2 * hidden).t().mm(flat_hp), d_ghn_all.view(-1, hidden).t().mm(flat_hp)]
+                )
+                d_w -= reset_gh.reshape(-1, gates).t().mm(reset_hp.reshape(-1, hidden))
+            else:
+                d_gh = torch.cat([d_gh_rz, d_ghn_all], -1).view(time, batch, n, gates)
+                d_w = torch.einsum("tbng,tbnh->ngh", d_gh, hs[:-1].view(time, batch, n, hidden))
+                d_w -= torch.einsum("kng,knh->ngh", reset_gh, reset_hp)
+        if ctx.needs_input_grad[4]:
+            if shared:
+                d_b = torch.cat([d_gh_rz.sum((0, 1)), d_ghn_all.sum((0, 1))])
+            else:
+                d_b = torch.cat(
+                    [
+                        d_gh_rz.reshape(time, batch, n, 2 * hidden).sum((0, 1)),
+                        d_ghn_all.view(time, batch, n, hidden).sum((0, 1)),
+                    ],
+                    -1,
+                )
+        d_gi = d_gi.view(time, batch, n, gates) if ctx.needs_input_grad[0] else None
         return d_gi, None, d_h0, d_w, d_b
 
 
+def _apply_keep(h: Tensor, keep_t: Tensor, batch: int) -> Tensor:
+    """``h`` ``[B·n, H]`` times ``keep_t`` ``[B, 1, 1]`` (zero the reset rows)."""
+    rows, hidden = h.shape
+    return (h.view(batch, rows // batch, hidden) * keep_t).view(rows, hidden)
+
+
 def gru_recurrence(gi: Tensor, keep: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor) -> Tensor:
-    """Hidden states ``[B, T, n, H]`` of a GRU with resets from precomputed input gates (see
-    :class:`_GruRecurrence`)."""
-    return _GruRecurrence.apply(gi, keep, h0, w_hh, b_hh)
+    """Hidden states ``[T, B, n, H]`` of a GRU with resets from time-major precomputed input gates
+    ``gi`` ``[T, B, n, 3H]`` (see :class:`_GruRecurrence`)."""
+    return _GruRecurrence.apply(gi.contiguous(), keep, h0.contiguous(), w_hh, b_hh)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,22 +287,24 @@ class RnnAgent(Model):
         return out.transpose(0, 1).reshape(*lead, n, -1)
 
     # ---------------------------------------------------------------- forward
-    def unroll(self, x: Tensor, is_init: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def unroll(self, x: Tensor, is_init: Tensor, h0: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Outputs ``[B, T, n, out]`` and hidden states ``[B, T, n, H]`` for inputs ``[B, T, n, F]``.
 
         ``is_init`` ``[B, T, 1]`` (or ``[B, T]``): reset the hidden state to zero before those steps.
-        ``h0`` ``[B, n, H]``: the state before step 0 (zeros when None).
+        ``h0`` ``[B, n, H]``: the state before step 0 (zeros when None). The work is done
+        time-major (the input is transposed once); the outputs are ``[B, T]`` views of it.
         """
         batch, time, n, _ = x.shape
+        x = x.transpose(0, 1)  # [T, B, n, F]
         if self.input_embed > 0:
-            x = torch.relu(self._linear(x, self._weights("embed", "weight"), self._weights("embed", "bias")))
+            x = self._linear(x, self._weights("embed", "weight"), self._weights("embed", "bias")).relu_()
         gi = self._linear(x, self._weights("rnn", "weight_ih"), self._weights("rnn", "bias_ih"))
         if h0 is None:
-            h0 = x.new_zeros(batch, n, self.hidden_size)
-        keep = (~is_init.reshape(batch, time, 1, 1).bool()).to(gi.dtype)
+            h0 = gi.new_zeros(batch, n, self.hidden_size)
+        keep = (~is_init.reshape(batch, time).bool()).t().to(gi.dtype)
         hs = gru_recurrence(gi, keep, h0, self._weights("rnn", "weight_hh"), self._weights("rnn", "bias_hh"))
         out = self._linear(hs, self._weights("head", "weight"), self._weights("head", "bias"))
-        return out, hs
+        return out.transpose(0, 1), hs.transpose(0, 1)
 
     def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x = torch.cat([tensordict.get(key) for key in self.obs_keys], dim=-1)

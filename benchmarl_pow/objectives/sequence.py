@@ -37,6 +37,7 @@ def unroll(
     recurrent: bool,
     truncated: Tensor | None = None,
     need_next: bool = True,
+    next_grad: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Values of ``module`` at every stored step and at every step's next observation.
 
@@ -50,6 +51,8 @@ def unroll(
         truncated: ``[B, T]`` bool, steps that ended an episode by time limit (not terminal);
             only needed for recurrent modules.
         need_next: if False only the root values are computed.
+        next_grad: if False the next-step values are only needed without gradient (e.g. for
+            an argmax), so the truncation re-runs skip building a graph.
 
     Returns:
         ``(current, next)``, each ``[B, T, *out]``; ``next`` is None when ``need_next`` is False.
@@ -82,7 +85,8 @@ def unroll(
                     continue
                 prefix.get(key)[k, steps + 1] = next_inputs.get(key)[rows, steps]
             prefix.get("is_init")[k, steps + 1] = False
-            fixed = _run(module, prefix, out_key)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and next_grad):
+                fixed = _run(module, prefix, out_key)
             nxt[rows, steps] = fixed[k, steps + 1]
     return current, nxt
 

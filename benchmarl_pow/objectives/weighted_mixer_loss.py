@@ -179,6 +179,10 @@ class WeightedMixerLoss(LossModule):
         # Q_r is a plain sub-module: it has no target network (the released one was never used).
         self.recognition_mixer = recognition_mixer
         self.recognition_optimizer: torch.optim.Optimizer | None = None
+        # Optimisers attached by the algorithm; their states travel in this module's state dict
+        # (BenchMARL's checkpoints hold the losses but not the optimisers).
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._pending_optimizer_states: dict[str, dict] = {}
         # Counted in the state dict so that a resumed run does not redo the 20-step first call.
         self.register_buffer("n_learner_calls", torch.zeros((), dtype=torch.long))
         #: frames collected so far; the algorithm sets it before each learner call.
@@ -207,6 +211,51 @@ class WeightedMixerLoss(LossModule):
     def _model_inputs(self, module: TensorDictModuleBase, td: TensorDictBase) -> TensorDictBase:
         keys = [k for k in module.in_keys if td.get(k, None) is not None]
         return td.select(*keys)
+
+    def _unroll(
+        self,
+        module: TensorDictModuleBase,
+        td: TensorDictBase,
+        next_td: TensorDictBase | None,
+        out_key: NestedKey,
+        **kwargs,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:func:`~benchmarl_pow.objectives.sequence.unroll` on ``module``'s own input keys."""
+        next_in = None if next_td is None else self._model_inputs(module, next_td)
+        return unroll(
+            module,
+            self._model_inputs(module, td),
+            next_in,
+            out_key,
+            recurrent=self.recurrent,
+            need_next=next_td is not None,
+            **kwargs,
+        )
+
+    def _critic(
+        self,
+        agent: TensorDictModuleBase,
+        mixer: nn.Module,
+        out_key: NestedKey,
+        td: TensorDictBase,
+        actions: Tensor,
+        state: Tensor,
+    ) -> Tensor:
+        """``mixer(agent's utilities at actions, state)``: Q̂*, or ResQ's raw residual R."""
+        values, _ = self._unroll(agent, td, None, out_key)
+        return mixer(gather_actions(values, actions), state)
+
+    def _first_step_values(
+        self, agent: TensorDictModuleBase, td: TensorDictBase, out_key: NestedKey
+    ) -> Tensor:
+        """``agent``'s utilities ``[n, A]`` at the single (first-step) state of ``td``."""
+        keys = [
+            k for k in self._model_inputs(agent, td).keys(True, True) if "_hidden" not in str(k)
+        ]
+        seq = td.select(*keys).unsqueeze(1)  # a sequence of one step, from a zero hidden state
+        if "is_init" in seq.keys():
+            seq.set("is_init", torch.ones_like(seq.get("is_init")))
+        return agent(seq).get(out_key)[0, 0]
 
     def _mix(
         self,
@@ -270,15 +319,13 @@ class WeightedMixerLoss(LossModule):
         next_mask = next_td.get(keys.action_mask, None)
 
         # ---- per-agent utilities (online), current and next
-        agent_in = self._model_inputs(self.agent_network, td)
-        agent_next_in = self._model_inputs(self.agent_network, next_td)
-        q_all, q_next_all = unroll(
+        q_all, q_next_all = self._unroll(
             self.agent_network,
-            agent_in,
-            agent_next_in,
+            td,
+            next_td,
             keys.action_value,
-            recurrent=self.recurrent,
             truncated=truncated,
+            next_grad=False,  # next-step utilities only pick the greedy next action
         )
         q_taken = gather_actions(q_all, action)  # [B, T, n]
         q_detached = q_all.detach()
@@ -293,13 +340,8 @@ class WeightedMixerLoss(LossModule):
         with torch.no_grad():
             if self.bootstrap == "mixer":
                 with self.target_agent_network_params.to_module(self.agent_network):
-                    _, qt_next = unroll(
-                        self.agent_network,
-                        agent_in,
-                        agent_next_in,
-                        keys.action_value,
-                        recurrent=self.recurrent,
-                        truncated=truncated,
+                    _, qt_next = self._unroll(
+                        self.agent_network, td, next_td, keys.action_value, truncated=truncated
                     )
                 next_avail = available_or_all(next_mask, qt_next)
                 qt_max = qt_next.masked_fill(~next_avail, float("-inf")).max(-1).values
@@ -312,55 +354,37 @@ class WeightedMixerLoss(LossModule):
                         qt_max,
                     )
             else:
-                central_in = self._model_inputs(self.central_agent, td)
-                central_next_in = self._model_inputs(self.central_agent, next_td)
                 with self.target_central_agent_params.to_module(self.central_agent):
-                    ct_all, ct_next = unroll(
-                        self.central_agent,
-                        central_in,
-                        central_next_in,
-                        keys.central_value,
-                        recurrent=self.recurrent,
-                        truncated=truncated,
+                    ct_all, ct_next = self._unroll(
+                        self.central_agent, td, next_td, keys.central_value, truncated=truncated
                     )
                 with self.target_central_mixer_params.to_module(self.central_mixer):
-                    next_value = self.central_mixer(gather_actions(ct_next, greedy_next), next_state)
+                    next_value = self.central_mixer(
+                        gather_actions(ct_next, greedy_next), next_state
+                    )
                     if self.rule.needs_central_at_greedy:
                         central_at_greedy = self.central_mixer(
                             gather_actions(ct_all, greedy), state
                         )
-            target = td_lambda_targets(
-                reward, next_value, terminated, done, self.gamma, self.lmbda
-            )
+            target = td_lambda_targets(reward, next_value, terminated, done, self.gamma, self.lmbda)
 
         # ---- factorised Q_tot (and ResQ's Q_jt)
         q_tot = self._mix(self.mixer, q_taken, state, onehot, max_q)
         out: dict[str, Tensor] = {}
         if self.has_residual:
-            r_all, _ = unroll(
-                self.residual_agent,
-                self._model_inputs(self.residual_agent, td),
-                None,
-                keys.residual_value,
-                recurrent=self.recurrent,
-                need_next=False,
+            raw = self._critic(
+                self.residual_agent, self.residual_mixer, keys.residual_value, td, action, state
             )
-            residual = -self.residual_mixer(gather_actions(r_all, action), state).abs()
+            residual = -raw.abs()
             q_tot = q_tot + residual_mask(taken_is_greedy) * residual
             out["residual_mean"] = residual.detach().mean()
 
         # ---- central critic Q̂*
         loss = q_tot.new_zeros(())
         if self.has_central:
-            c_all, _ = unroll(
-                self.central_agent,
-                self._model_inputs(self.central_agent, td),
-                None,
-                keys.central_value,
-                recurrent=self.recurrent,
-                need_next=False,
+            q_star = self._critic(
+                self.central_agent, self.central_mixer, keys.central_value, td, action, state
             )
-            q_star = self.central_mixer(gather_actions(c_all, action), state)
             central_error = q_star - target
             loss_central = self.central_loss_coef * central_error.pow(2).mean()
             loss = loss + loss_central
@@ -381,9 +405,7 @@ class WeightedMixerLoss(LossModule):
             out["mean_abs_delta_q"] = delta_q.abs().mean()
             out["q_r_taken_mean"] = q_r.mean()
             if hasattr(self.rule, "in_set"):
-                out["fraction_in_recognition_set"] = (
-                    self.rule.in_set(lambda_delta_q).float().mean()
-                )
+                out["fraction_in_recognition_set"] = self.rule.in_set(lambda_delta_q).float().mean()
 
         # ---- weighted Q_tot loss (normalised by the number of samples, not by Σw: §1.8)
         weights = self.rule.weights(
@@ -428,9 +450,32 @@ class WeightedMixerLoss(LossModule):
         return TensorDict(out, batch_size=[])
 
     # ------------------------------------------------------------- recognition
-    def attach_recognition_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Use ``optimizer`` (BenchMARL's ``loss_recognition`` one) for the Q_r inner steps."""
-        self.recognition_optimizer = optimizer
+    def attach_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """Hand the loss BenchMARL's optimisers (``{"loss": ..., "loss_recognition": ...}``).
+
+        ``loss_recognition`` is used for the Q_r inner steps. All attached optimisers are saved
+        with this module's state dict and restored from it, so a checkpoint resumes them too.
+        """
+        self._optimizers = dict(optimizers)
+        if "loss_recognition" in optimizers:
+            self.recognition_optimizer = optimizers["loss_recognition"]
+        for name, state in list(self._pending_optimizer_states.items()):
+            if name in self._optimizers:
+                self._optimizers[name].load_state_dict(state)
+                del self._pending_optimizer_states[name]
+
+    def get_extra_state(self) -> dict:
+        optimizers = dict(self._optimizers)
+        if self.recognition_optimizer is not None:
+            optimizers.setdefault("loss_recognition", self.recognition_optimizer)
+        states = {name: opt.state_dict() for name, opt in optimizers.items()}
+        states.update(self._pending_optimizer_states)  # restored but not yet attached
+        return {"optimizers": states}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._pending_optimizer_states = dict(state.get("optimizers", {}))
+        if self._optimizers:
+            self.attach_optimizers(self._optimizers)
 
     def _update_recognition(
         self, delta_q: Tensor, state: Tensor, onehot: Tensor, target: Tensor
@@ -508,21 +553,16 @@ class WeightedMixerLoss(LossModule):
         is_greedy = (joint == greedy).all(-1, keepdim=True)
         tables: dict[str, Tensor] = {"Q_i": q}
         q_tot = self._mix(self.mixer, q_taken, state, onehot, max_q)
+        agent_index = torch.arange(n, device=q.device)
         if self.has_residual:
-            seq = td.select(*self._model_inputs(self.residual_agent, td).keys(True, True)).unsqueeze(1)
-            if "is_init" in seq.keys():
-                seq.set("is_init", torch.ones_like(seq.get("is_init")))
-            r = self.residual_agent(seq).get(keys.residual_value)[0, 0]
-            residual = -self.residual_mixer(r[torch.arange(n, device=q.device), joint], state).abs()
+            r = self._first_step_values(self.residual_agent, td, keys.residual_value)
+            residual = -self.residual_mixer(r[agent_index, joint], state).abs()
             tables["Q_tot_monotone"] = q_tot.reshape(a, a)
             q_tot = q_tot + residual_mask(is_greedy) * residual
         tables["Q_tot"] = q_tot.reshape(a, a)
         if self.has_central:
-            seq = td.select(*self._model_inputs(self.central_agent, td).keys(True, True)).unsqueeze(1)
-            if "is_init" in seq.keys():
-                seq.set("is_init", torch.ones_like(seq.get("is_init")))
-            c = self.central_agent(seq).get(keys.central_value)[0, 0]  # [n, A]
-            tables["Q_star"] = self.central_mixer(c[torch.arange(n, device=q.device), joint], state).reshape(a, a)
+            c = self._first_step_values(self.central_agent, td, keys.central_value)
+            tables["Q_star"] = self.central_mixer(c[agent_index, joint], state).reshape(a, a)
         lambda_delta_q = None
         if self.recognition_mixer is not None:
             q_r, lambda_delta_q = self.recognition_mixer(q_taken - max_q, state, onehot)
@@ -530,7 +570,7 @@ class WeightedMixerLoss(LossModule):
         if payoff is not None:
             target = payoff.to(q.device).reshape(-1, 1)
             weights = self.rule.joint_action_weights(q_tot, target, is_greedy, lambda_delta_q)
-            tables["weight"] = (
-                weights if weights is not None else torch.ones_like(q_tot)
-            ).reshape(a, a)
+            tables["weight"] = (weights if weights is not None else torch.ones_like(q_tot)).reshape(
+                a, a
+            )
         return tables

@@ -1,7 +1,8 @@
 """Cost of one learner call of ``pow_qmix`` and ``qmix_lambda`` in the paper's predator-prey regime.
 
 A synthetic batch shaped like PyMARL2's (128 episodes x 200 steps, 8 agents, 6 actions, 75-dim
-observations, 300-dim state, GRU 64) goes through each algorithm's real loss, backward pass and
+observations, 300-dim state, PyMARL's agent Linear 64 → GRU 64 → Linear, our ``model=rnn_agent``)
+goes through each algorithm's real loss, backward pass and
 optimiser step(s), timed back to back in one process on one CPU thread. Printed per call: seconds,
 the analytic FLOP count (matmuls only: 2·M·K·N forward, twice that backward), the achieved GFLOP/s
 and its ratio to the same process's rate for a plain 25,600 x 348 x 128 float32 matmul.
@@ -17,22 +18,12 @@ from pathlib import Path
 from tempfile import mkdtemp
 
 import torch
+from agent_unroll import reference_matmul_gflops  # same reference as the agent benchmark
 from tensordict import TensorDict
 
 from benchmarl_pow.compose import compose_experiment
 
 B, T, N_AGENTS, N_ACTIONS, OBS, STATE, HIDDEN = 128, 200, 8, 6, 75, 300, 64
-
-
-def reference_matmul_gflops(repeats: int = 20) -> float:
-    a, b = torch.randn(25_600, 348), torch.randn(348, 128)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    seconds = (time.perf_counter() - start) / repeats
-    return 2 * 25_600 * 348 * 128 / seconds / 1e9
 
 
 def synthetic_batch(seed: int = 0) -> TensorDict:
@@ -79,7 +70,8 @@ def linear_flops(*dims: int) -> int:
 def analytic_gflops(algorithm: str, fraction: float = 1.0, steps: int = 10) -> float:
     """Matmul FLOPs of one learner call (forward x1, backward x2), in GFLOP."""
     samples, agent_steps = B * T, B * (T + 1) * N_AGENTS
-    gru = 2 * (3 * HIDDEN * OBS + 3 * HIDDEN * HIDDEN) + 2 * HIDDEN * N_ACTIONS  # per agent-step
+    # per agent-step: Linear(75→64), GRU input and hidden projections (64→192 each), Linear(64→6)
+    gru = 2 * (OBS * HIDDEN + 3 * HIDDEN * HIDDEN + 3 * HIDDEN * HIDDEN + HIDDEN * N_ACTIONS)
     qmix_mixer = (
         linear_flops(STATE, 64, N_AGENTS * 32) + linear_flops(STATE, 32)
         + linear_flops(STATE, 64, 32) + linear_flops(STATE, 32, 1) + 2 * N_AGENTS * 32 + 2 * 32
@@ -103,7 +95,7 @@ def analytic_gflops(algorithm: str, fraction: float = 1.0, steps: int = 10) -> f
 def build(algorithm: str, fraction: float):
     overrides = [
         f"algorithm={algorithm}", "task=predator_prey/punish_4", "experiment=pymarl2",
-        "model=layers/gru", f"model.hidden_size={HIDDEN}", "model.mlp_num_cells=[]",
+        "model=rnn_agent", f"model.hidden_size={HIDDEN}", f"model.input_embed={HIDDEN}",
         "experiment.loggers=[]", "experiment.evaluation=False", "experiment.create_json=False",
     ]
     if algorithm.startswith("pow"):

@@ -14,15 +14,17 @@ from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
 
 from benchmarl_pow.algorithms import ALGORITHMS
+from benchmarl_pow.models import register_models
 from custom_envs import TASKS
 
 
 def register() -> None:
-    """Add our algorithms and tasks to BenchMARL's registries and store their Hydra schemas.
+    """Add our algorithms, models and tasks to BenchMARL's registries and store their schemas.
 
     Idempotent: calling it again re-stores the same entries.
     """
     store = ConfigStore.instance()
+    register_models()
     for name, config_class in ALGORITHMS.items():
         algorithm_config_registry[name] = config_class
         store.store(name=f"{name}_config", group="algorithm", node=config_class)

@@ -3,7 +3,10 @@
 Two agents each pick one of ``|A|`` actions; the team receives ``payoff[a_0][a_1]`` (rows are
 agent 0's action) and the episode terminates after that single step. Every agent observes the
 one-hot step counter (``[1, 0]`` at reset, ``[0, 1]`` after the step) and so does the global
-state, exactly as in PyMARL's ``one_step_matrix_game``.
+state, exactly as in PyMARL's ``one_step_matrix_game``. By default each agent's observation also
+carries its one-hot id, as PyMARL's agent input does (``obs_agent_id``, pow_spec.md §1.5: input
+2 + 2 = 4): BenchMARL's models share parameters across agents and do not add ids themselves, so
+without it both agents would always hold identical utilities.
 
 The batch dimension is the number of parallel games; everything is pure torch, on any device.
 """
@@ -88,7 +91,7 @@ class MatrixGameEnv(EnvBase):
     """A batch of one-step two-agent cooperative matrix games.
 
     Keys (``*B`` = ``batch_size``, n = 2 agents, |A| = payoff size):
-        - ``("agents", "observation")``: ``[*B, n, 2]`` one-hot step counter;
+        - ``("agents", "observation")``: ``[*B, n, 2 (+ n)]`` one-hot step counter (and agent id);
         - ``"state"``: ``[*B, 2]``, the same vector;
         - ``("agents", "action_mask")``: ``[*B, n, |A|]`` bool;
         - ``("agents", "action")``: ``[*B, n]`` categorical;
@@ -100,6 +103,7 @@ class MatrixGameEnv(EnvBase):
         num_envs: number of games in the batch.
         unavailable_actions: per agent, the action indices masked out (default: none).
         device: torch device.
+        observe_agent_id: append each agent's one-hot id to its observation.
     """
 
     _batch_locked = True
@@ -111,6 +115,7 @@ class MatrixGameEnv(EnvBase):
         unavailable_actions: Sequence[Sequence[int]] | None = None,
         device: DEVICE_TYPING = "cpu",
         seed: int | None = None,
+        observe_agent_id: bool = True,
     ):
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -125,6 +130,8 @@ class MatrixGameEnv(EnvBase):
         for agent, actions in enumerate(unavailable):
             mask[agent, actions] = False
         self.action_mask = mask
+        self.observe_agent_id = bool(observe_agent_id)
+        self.obs_dim = 2 + (N_AGENTS if self.observe_agent_id else 0)
         self._make_specs()
         if seed is not None:
             self.set_seed(seed)
@@ -135,7 +142,7 @@ class MatrixGameEnv(EnvBase):
         dev = self.device
         self.observation_spec = Composite(
             agents=Composite(
-                observation=Unbounded(shape=(*b, n, 2), device=dev),
+                observation=Unbounded(shape=(*b, n, self.obs_dim), device=dev),
                 action_mask=Binary(n=a, shape=(*b, n, a), dtype=torch.bool, device=dev),
                 shape=(*b, n),
             ),
@@ -170,11 +177,15 @@ class MatrixGameEnv(EnvBase):
         b = self.batch_size
         counter = torch.zeros(*b, 2, device=self.device)
         counter[..., step] = 1.0
+        observation = counter.unsqueeze(-2).expand(*b, N_AGENTS, 2)
+        if self.observe_agent_id:
+            ids = torch.eye(N_AGENTS, device=self.device).expand(*b, N_AGENTS, N_AGENTS)
+            observation = torch.cat([observation, ids], dim=-1)
         return TensorDict(
             {
                 "agents": TensorDict(
                     {
-                        "observation": counter.unsqueeze(-2).expand(*b, N_AGENTS, 2).clone(),
+                        "observation": observation.clone(),
                         "action_mask": self.action_mask.expand(*b, N_AGENTS, self.n_actions).clone(),
                     },
                     batch_size=(*b, N_AGENTS),
@@ -229,10 +240,12 @@ class MatrixGameConfig:
     Attributes:
         payoff: square list of lists of floats, rows = agent 0's action (write ints as ``8.0``).
         unavailable_actions: per agent, action indices that are never available.
+        observe_agent_id: append each agent's one-hot id to its observation (PyMARL's agent input).
     """
 
     payoff: list[list[float]] = field(default_factory=lambda: [row[:] for row in NONMONOTONIC_PAYOFF])
     unavailable_actions: list[list[int]] = field(default_factory=lambda: [[], []])
+    observe_agent_id: bool = True
 
     def __post_init__(self) -> None:
         self.payoff = validate_payoff(self.payoff)
@@ -255,12 +268,14 @@ class MatrixGameClass(TaskClass):
             raise ValueError(f"matrix_game/{self.name.lower()} has discrete actions only")
         payoff = [list(r) for r in self.config["payoff"]]
         unavailable = [list(r) for r in self.config.get("unavailable_actions", [[], []])]
+        observe_agent_id = bool(self.config.get("observe_agent_id", True))
         return lambda: MatrixGameEnv(
             payoff=payoff,
             num_envs=num_envs,
             unavailable_actions=unavailable,
             device=device,
             seed=seed,
+            observe_agent_id=observe_agent_id,
         )
 
     def supports_continuous_actions(self) -> bool:

@@ -39,7 +39,10 @@ def test_observation_and_state_follow_the_step_counter():
     env = MatrixGameEnv(num_envs=2)
     td = env.reset()
     assert torch.equal(td.get("state"), torch.tensor([[1.0, 0.0]] * 2))
-    assert torch.equal(td.get(("agents", "observation")), torch.tensor([[[1.0, 0.0]] * 2] * 2))
+    obs = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0]])  # step one-hot + agent id
+    assert torch.equal(td.get(("agents", "observation")), obs.expand(2, 2, 4))
+    plain = MatrixGameEnv(num_envs=2, observe_agent_id=False).reset()
+    assert torch.equal(plain.get(("agents", "observation")), torch.tensor([[[1.0, 0.0]] * 2] * 2))
     td.set(("agents", "action"), torch.zeros(2, 2, dtype=torch.long))
     nxt = env.step(td)["next"]
     assert torch.equal(nxt.get("state"), torch.tensor([[0.0, 1.0]] * 2))

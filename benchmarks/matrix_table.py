@@ -1,7 +1,7 @@
 """The matrix-game comparison of the paper's Fig. 2: every algorithm, several seeds, one table.
 
 Each algorithm is trained on ``matrix_game/nonmonotonic`` with the shipped ``experiment=matrix_game``
-preset unchanged (the paper's protocol: ε fixed at 1, i.e. uniform data; 15 iterations x 16 learner
+preset unchanged (the paper's protocol: ε fixed at 1, i.e. uniform data; 25 iterations x 16 learner
 calls on batches of 128 one-step episodes), exactly as
 
     python benchmarl_pow/run.py algorithm=X task=matrix_game/nonmonotonic experiment=matrix_game seed=S
@@ -125,19 +125,13 @@ def run_one(job: tuple[str, int]) -> dict:
         import torch
 
         torch.set_num_threads(1)
-        from benchmarl_pow.compose import compose_experiment
-        from benchmarl_pow.diagnostics import greedy_joint_action, joint_value_tables
+        from benchmarl_pow.compose import train_matrix_game
 
         logging.getLogger("torchrl").setLevel(logging.WARNING)  # no per-run buffer messages
         with tempfile.TemporaryDirectory(prefix=f"matrix_{algorithm}_{seed}_") as folder:
             start = time.perf_counter()
-            experiment = compose_experiment(
-                overrides_for(algorithm, seed), save_folder=folder, callbacks=[]
-            )
-            experiment.run()
+            greedy, tables = train_matrix_game(algorithm, seed, folder)
             seconds = time.perf_counter() - start
-            greedy = greedy_joint_action(experiment)
-            tables = joint_value_tables(experiment)
         q_tot = tables["Q_tot"]
         return {
             "algorithm": algorithm,
@@ -430,7 +424,7 @@ def discussion(summary: dict[str, dict], runs: list[dict]) -> str:
         "The presets and algorithms were not tuned for this table: every run uses the shipped "
         "configuration. The paper shows one (unspecified) run per algorithm and does not say how "
         "long it trained (\"after convergence\"); PyMARL2's matrix-game config runs 50,000 env "
-        "steps, about 6,250 learner calls. Ours stop after the preset's 240 learner calls, the "
+        "steps, about 6,250 learner calls. Ours stop after the preset's 400 learner calls, the "
         "budget that reliably suffices for POW in the test suite; baselines that converge more "
         "slowly (ResQ, QPLEX) may end differently after longer training.",
     ]
@@ -448,7 +442,7 @@ def write_markdown(path: Path, summary: dict, results: list[dict], meta: dict,
         "## Protocol and command",
         "",
         f"Task `{TASK}` (payoff below, optimum (A,A) = 8, monotone trap (C,C) = 7.9), the shipped "
-        "`experiment=matrix_game` preset unchanged (ε = 1 throughout, i.e. uniform data; 15 "
+        "`experiment=matrix_game` preset unchanged (ε = 1 throughout, i.e. uniform data; 25 "
         "iterations × 16 learner calls on batches of 128 one-step episodes; replay 5000; Adam 1e-3) "
         "and the per-task presets (POW C = 0.05, CW/OW α = 0). Each (algorithm, seed) is built exactly as "
         "`python benchmarl_pow/run.py algorithm=X task=matrix_game/nonmonotonic "

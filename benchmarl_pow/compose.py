@@ -58,3 +58,38 @@ def compose_experiment(
     if callbacks is None:
         callbacks = default_callbacks(task_name)
     return load_experiment_from_hydra(cfg, task_name=task_name, callbacks=callbacks)
+
+
+def train_matrix_game(
+    algorithm: str,
+    seed: int,
+    save_folder: str | Path,
+    task: str = "matrix_game/nonmonotonic",
+    overrides: Sequence[str] = (),
+) -> tuple[tuple[int, ...], dict[str, torch.Tensor]]:
+    """Train one seed with the paper's matrix protocol (``experiment=matrix_game``).
+
+    Loggers, the JSON file and evaluation are switched off (no training step changes).
+
+    Returns:
+        the greedy joint action and the learned per-joint-action tables
+        (see :func:`benchmarl_pow.diagnostics.joint_value_tables`).
+    """
+    from benchmarl_pow.diagnostics import greedy_joint_action, joint_value_tables
+
+    experiment = compose_experiment(
+        [
+            f"algorithm={algorithm}",
+            f"task={task}",
+            "experiment=matrix_game",
+            f"seed={seed}",
+            "experiment.loggers=[]",
+            "experiment.create_json=False",
+            "experiment.evaluation=False",
+            *overrides,
+        ],
+        save_folder=save_folder,
+        callbacks=[],
+    )
+    experiment.run()
+    return greedy_joint_action(experiment), joint_value_tables(experiment)

@@ -3,28 +3,19 @@
 POW-QMIX and POW-VDN must end with the optimum (A, A) as greedy joint action in at least 9 of 10
 seeds; monotonic QMIX (ours with TD(λ), and BenchMARL's) must end in the (C, C) trap, as in the
 paper and the authors' code. The runs use the shipped `experiment=matrix_game` preset unchanged
-(15 iterations x 16 learner calls = 240 learner calls of 128 one-step episodes).
+(25 iterations x 16 learner calls = 400 learner calls of 128 one-step episodes).
 """
 
 import pytest
 import torch
 
-from benchmarl_pow.compose import compose_experiment
-from benchmarl_pow.diagnostics import greedy_joint_action, joint_value_tables
+from benchmarl_pow.compose import train_matrix_game
 
 OPTIMUM, TRAP = (0, 0), (2, 2)
 
 
 def run(algorithm: str, seed: int, tmp_path):
-    experiment = compose_experiment(
-        [f"algorithm={algorithm}", "task=matrix_game/nonmonotonic", "experiment=matrix_game",
-         f"seed={seed}", "experiment.loggers=[]", "experiment.create_json=False",
-         "experiment.evaluation=False"],
-        save_folder=tmp_path / f"{algorithm}_{seed}",
-        callbacks=[],
-    )
-    experiment.run()
-    return greedy_joint_action(experiment), joint_value_tables(experiment)
+    return train_matrix_game(algorithm, seed, tmp_path / f"{algorithm}_{seed}")
 
 
 @pytest.mark.slow

@@ -26,20 +26,29 @@ from benchmarl_pow.compose import compose_experiment
 B, T, N_AGENTS, N_ACTIONS, OBS, STATE, HIDDEN = 128, 200, 8, 6, 75, 300, 64
 
 
-def synthetic_batch(seed: int = 0) -> TensorDict:
-    """Chunks ``[B, T]`` with episode boundaries inside (≈1 per chunk, as in PyMARL2's regime)."""
+def synthetic_batch(seed: int = 0, aligned: bool = False) -> TensorDict:
+    """Chunks ``[B, T]`` of 200-step episodes.
+
+    ``aligned=False``: one episode boundary at a random step of every chunk, 70 % of them time-limit
+    truncations (episodes drift out of phase with the chunks once some terminate early; the
+    truncations inside a chunk make the loss re-run those prefixes). ``aligned=True``: each chunk
+    is one whole episode truncated at its last step (PyMARL2's regime before any early
+    termination; no re-runs needed).
+    """
     g = torch.Generator().manual_seed(seed)
     obs = (torch.rand(B, T, N_AGENTS, OBS, generator=g) < 0.1).float()
     next_obs = torch.cat([obs[:, 1:], (torch.rand(B, 1, N_AGENTS, OBS, generator=g) < 0.1).float()], 1)
     state = (torch.rand(B, T, STATE, generator=g) < 0.1).float()
     next_state = torch.cat([state[:, 1:], (torch.rand(B, 1, STATE, generator=g) < 0.1).float()], 1)
-    boundary = torch.randint(1, T, (B,), generator=g)
+    boundary = torch.full((B,), T) if aligned else torch.randint(1, T, (B,), generator=g)
     done = torch.zeros(B, T, 1, dtype=torch.bool)
     done[torch.arange(B), boundary - 1] = True
-    terminated = done & (torch.rand(B, 1, 1, generator=g) < 0.3)  # the rest are time-outs
+    # the rest are time-outs (all of them when aligned)
+    terminated = done & (torch.rand(B, 1, 1, generator=g) < (0.0 if aligned else 0.3))
     is_init = torch.zeros(B, T, 1, dtype=torch.bool)
     is_init[:, 0] = True
-    is_init[torch.arange(B), boundary] = True
+    if not aligned:
+        is_init[torch.arange(B), boundary] = True
     mask = torch.ones(B, T, N_AGENTS, N_ACTIONS, dtype=torch.bool)
     return TensorDict(
         {
@@ -119,9 +128,9 @@ def learner_call(experiment, batch: TensorDict) -> None:
     experiment.target_updaters[group].step()
 
 
-def time_calls(algorithm: str, calls: int, fraction: float = 1.0) -> float:
+def time_calls(algorithm: str, calls: int, fraction: float = 1.0, aligned: bool = False) -> float:
     experiment = build(algorithm, fraction)
-    batch = synthetic_batch()
+    batch = synthetic_batch(aligned=aligned)
     learner_call(experiment, batch)  # warm-up (POW's first call makes 20 Q_r steps)
     start = time.perf_counter()
     for _ in range(calls):
@@ -136,6 +145,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3, help="timed calls per algorithm")
     parser.add_argument("--fraction", type=float, default=0.1,
                         help="recognition_batch_fraction of the extra POW run")
+    parser.add_argument("--aligned", action="store_true",
+                        help="chunks = whole episodes (no truncation inside a chunk)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -143,13 +154,15 @@ def main() -> None:
     reference = reference_matmul_gflops()
     rows = []
     for algorithm, fraction in (("qmix_lambda", 1.0), ("pow_qmix", 1.0), ("pow_qmix", args.fraction)):
-        seconds = time_calls(algorithm, args.calls, fraction)
+        seconds = time_calls(algorithm, args.calls, fraction, args.aligned)
         gflop = analytic_gflops(algorithm, fraction)
         rows.append((algorithm, fraction, seconds, gflop, gflop / seconds))
     reference_after = reference_matmul_gflops()
     reference = max(reference, reference_after)
 
-    print(f"\nreference matmul 25600x348x128 fp32, 1 thread: {reference:.1f} GFLOP/s")
+    layout = "aligned with episodes" if args.aligned else "one random episode boundary each"
+    print(f"\nbatch: {B} chunks x {T} steps, {layout}")
+    print(f"reference matmul 25600x348x128 fp32, 1 thread: {reference:.1f} GFLOP/s")
     print(f"{'algorithm':<12} {'Q_r frac':>8} {'s/call':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'of ref':>7}")
     for algorithm, fraction, seconds, gflop, rate in rows:
         label = f"{fraction:.2f}" if algorithm.startswith("pow") else "-"

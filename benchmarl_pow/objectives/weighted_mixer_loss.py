@@ -147,7 +147,6 @@ class WeightedMixerLoss(LossModule):
                 "recognition_updates and first_recognition_updates must be >= 1, got "
                 f"{recognition_updates} and {first_recognition_updates}"
             )
-        self._set_in_keys_for_group(group)
         self.group = group
         self.n_agents = int(n_agents)
         self.n_actions = int(n_actions)
@@ -189,9 +188,6 @@ class WeightedMixerLoss(LossModule):
         self.total_frames = 0
 
     # ------------------------------------------------------------------ keys
-    def _set_in_keys_for_group(self, group: str) -> None:
-        self.group = group
-
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         # Targets are computed in-house (see targets.py); no TorchRL value estimator to update.
         pass

@@ -19,7 +19,7 @@ run: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarl_pow/run.py algorithm=pow_qmix task=matrix_game/nonmonotonic experiment=matrix_game
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal -q --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -111,13 +111,6 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def overrides_for(algorithm: str, seed: int) -> list[str]:
-    return [
-        f"algorithm={algorithm}", f"task={TASK}", "experiment=matrix_game", f"seed={seed}",
-        "experiment.loggers=[]", "experiment.create_json=False", "experiment.evaluation=False",
-    ]
-
-
 def run_one(job: tuple[str, int]) -> dict:
     """Train one (algorithm, seed); return its greedy joint action and value tables."""
     algorithm, seed = job
@@ -559,6 +552,8 @@ def main(argv: list[str] | None = None) -> None:
             report_progress(results[-1], len(results), len(jobs), start)
     wall = time.perf_counter() - start
 
+    from benchmarl_pow.compose import matrix_game_overrides
+
     meta = {
         "command": command.strip(),
         "seeds": args.seeds,
@@ -568,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python "
                    f"{platform.python_version()}",
         "algorithms": algorithms,
-        "overrides": overrides_for("<algorithm>", "<seed>"),
+        "overrides": matrix_game_overrides("<algorithm>", "<seed>", TASK),
     }
     summary = write_outputs(results, meta, out)
     print()

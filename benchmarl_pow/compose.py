@@ -60,6 +60,22 @@ def compose_experiment(
     return load_experiment_from_hydra(cfg, task_name=task_name, callbacks=callbacks)
 
 
+def matrix_game_overrides(
+    algorithm: str, seed: int | str, task: str = "matrix_game/nonmonotonic"
+) -> list[str]:
+    """The paper's matrix protocol (``experiment=matrix_game``) with loggers, the JSON file and
+    evaluation switched off (which changes no training step)."""
+    return [
+        f"algorithm={algorithm}",
+        f"task={task}",
+        "experiment=matrix_game",
+        f"seed={seed}",
+        "experiment.loggers=[]",
+        "experiment.create_json=False",
+        "experiment.evaluation=False",
+    ]
+
+
 def train_matrix_game(
     algorithm: str,
     seed: int,
@@ -67,29 +83,23 @@ def train_matrix_game(
     task: str = "matrix_game/nonmonotonic",
     overrides: Sequence[str] = (),
 ) -> tuple[tuple[int, ...], dict[str, torch.Tensor]]:
-    """Train one seed with the paper's matrix protocol (``experiment=matrix_game``).
-
-    Loggers, the JSON file and evaluation are switched off (no training step changes).
+    """Train one seed with :func:`matrix_game_overrides` (plus ``overrides``).
 
     Returns:
         the greedy joint action and the learned per-joint-action tables
         (see :func:`benchmarl_pow.diagnostics.joint_value_tables`).
     """
-    from benchmarl_pow.diagnostics import greedy_joint_action, joint_value_tables
+    from benchmarl_pow.diagnostics import (
+        agent_action_values,
+        greedy_joint_action,
+        joint_value_tables,
+    )
 
     experiment = compose_experiment(
-        [
-            f"algorithm={algorithm}",
-            f"task={task}",
-            "experiment=matrix_game",
-            f"seed={seed}",
-            "experiment.loggers=[]",
-            "experiment.create_json=False",
-            "experiment.evaluation=False",
-            *overrides,
-        ],
+        [*matrix_game_overrides(algorithm, seed, task), *overrides],
         save_folder=save_folder,
         callbacks=[],
     )
     experiment.run()
-    return greedy_joint_action(experiment), joint_value_tables(experiment)
+    td = agent_action_values(experiment)
+    return greedy_joint_action(experiment, td), joint_value_tables(experiment, td)

@@ -58,13 +58,17 @@ def joint_actions(n_actions: int, device: torch.device | str = "cpu") -> torch.T
 
 
 @torch.no_grad()
-def joint_value_tables(experiment: Any) -> dict[str, torch.Tensor]:
+def joint_value_tables(
+    experiment: Any, td: TensorDictBase | None = None
+) -> dict[str, torch.Tensor]:
     """Learned values of every joint action at the game's state, as ``[A, A]`` tables.
 
     Our losses name their tables themselves (``Q_tot``, ``Q_r``, ``Q_star``, ...); BenchMARL's
-    QMIX/VDN give ``Q_tot`` from their mixer; anything else gives ``sum_Q_i``.
+    QMIX/VDN give ``Q_tot`` from their mixer; anything else gives ``sum_Q_i``. ``td``: the output
+    of :func:`agent_action_values` (computed when None).
     """
-    td = agent_action_values(experiment)
+    if td is None:
+        td = agent_action_values(experiment)
     q = td.get((GROUP, "action_value"))[0]  # [n, A]
     n_actions = q.shape[-1]
     loss = experiment.losses[GROUP]
@@ -87,14 +91,15 @@ def joint_value_tables(experiment: Any) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def greedy_joint_action(experiment: Any) -> tuple[int, ...]:
-    """Each agent's greedy available action at the first step (the executed joint action)."""
-    td = agent_action_values(experiment)
-    q = td.get((GROUP, "action_value"))[0]
-    mask = td.get((GROUP, "action_mask"), None)
-    if mask is not None:
-        q = q.masked_fill(~mask[0], float("-inf"))
-    return tuple(int(a) for a in q.argmax(-1))
+def greedy_joint_action(experiment: Any, td: TensorDictBase | None = None) -> tuple[int, ...]:
+    """Each agent's greedy available action at the first step (the executed joint action).
+
+    It is the action the greedy policy's ``QValueModule`` chose (masks honoured); ``td``: the
+    output of :func:`agent_action_values` (computed when None).
+    """
+    if td is None:
+        td = agent_action_values(experiment)
+    return tuple(int(a) for a in td.get((GROUP, "action"))[0])
 
 
 def format_table(table: torch.Tensor, title: str, row_names: list[str] | None = None) -> str:
@@ -115,8 +120,9 @@ def matrix_report(experiment: Any, out_dir: str | Path | None = None) -> str:
 
     Also writes ``matrix_game_final.json`` into ``out_dir`` (default: the experiment folder).
     """
-    greedy = greedy_joint_action(experiment)
-    tables = joint_value_tables(experiment)
+    td = agent_action_values(experiment)
+    greedy = greedy_joint_action(experiment, td)
+    tables = joint_value_tables(experiment, td)
     payoff = payoff_table(experiment)
     lines = [f"greedy joint action: ({', '.join(action_letter(a) for a in greedy)})"]
     lines.append("rows: agent 0's action, columns: agent 1's action")

@@ -122,6 +122,67 @@ def format_predator_prey(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def smax_rows(
+    batch_sizes=(64,), map_name: str = "3s_vs_5z", window_s: float = 0.3
+) -> list[dict]:
+    """Throughput rows of :class:`custom_envs.smax.SmaxEnv` (JaxMARL's SMAX, CPU JAX).
+
+    Same columns as :func:`predator_prey_rows`. XLA is kept to one thread when this process has not
+    set ``XLA_FLAGS`` before importing JAX; the one-off compilation is excluded from the timing.
+    """
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
+    from custom_envs.predator_prey import random_available_actions
+    from custom_envs.smax import SmaxEnv
+
+    config = dict(
+        map_name=map_name,
+        max_steps=100,
+        won_battle_bonus=1.0,
+        walls_cause_death=True,
+        see_enemy_actions=True,
+        attack_mode="closest",
+    )
+    cpu = torch.device("cpu")
+    rows = []
+    for batch in batch_sizes:
+        env = SmaxEnv(batch, seed=0, **config)
+        gen = torch.Generator().manual_seed(0)
+        state = {"td": env.reset()}
+
+        def full(n: int, env=env, gen=gen, state=state) -> None:
+            td = state["td"]
+            for _ in range(n):
+                td["agents", "action"] = random_available_actions(td["agents", "action_mask"], gen)
+                _, td = env.step_and_maybe_reset(td)
+            state["td"] = td
+
+        full(50)  # compiles step and partial reset
+        full_rate = _best_rate(full, cpu, window_s)
+        td = env.reset()
+        actions = [
+            random_available_actions(td["agents", "action_mask"], gen).clone() for _ in range(4)
+        ]
+
+        def raw(n: int, env=env, td=td, actions=actions) -> None:
+            for i in range(n):
+                td.set(("agents", "action"), actions[i % 4])
+                env._step(td)
+
+        raw(3)
+        raw_rate = _best_rate(raw, cpu, window_s)
+        rows.append(
+            {
+                "batch": batch,
+                "steps_per_s": full_rate,
+                "env_steps_per_s": full_rate * batch,
+                "raw_env_steps_per_s": raw_rate * batch,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
@@ -143,6 +204,16 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\npredator-prey (stag hunt, 8 agents, 8 stags, 10x10), random available actions")
     print(format_predator_prey(predator_prey_rows(args.batch_sizes, device, args.window)))
+
+    if args.device == "cpu" and not args.skip_intersection:
+        import importlib.util
+
+        if importlib.util.find_spec("jaxmarl") is None:
+            print('\nsmax skipped: the `smax` extra is not installed (pip install ".[smax]")')
+        else:
+            for map_name in ("3s_vs_5z", "smacv2_5_units"):
+                print(f"\nsmax/{map_name} (JaxMARL SMAX, one XLA thread), random available actions")
+                print(format_predator_prey(smax_rows((64,), map_name, args.window)))
 
     if args.device == "cpu" and not args.skip_intersection:
         # The intersection env is numpy inside (one process, or BenchMARL's parallel workers).

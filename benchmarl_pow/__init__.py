@@ -9,5 +9,14 @@ from benchmarl_pow.registration import register
 
 register()
 
+
+def experiment_config(preset: str = "base", **overrides):
+    """This project's experiment preset as a BenchMARL ``ExperimentConfig`` (keyword arguments
+    override keys); see :func:`benchmarl_pow.compose.experiment_config`."""
+    from benchmarl_pow.compose import experiment_config as _experiment_config
+
+    return _experiment_config(preset, **overrides)
+
+
 __version__ = "0.1.0"
-__all__ = ["register", "__version__"]
+__all__ = ["experiment_config", "register", "__version__"]

@@ -10,6 +10,8 @@ from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 
 from benchmarl_pow.diagnostics import action_letter, is_matrix_task, joint_value_tables
+from benchmarl_pow.evaluation_log import EvaluationLine, ResumeEvaluationJson
+from benchmarl_pow.probe import PredatorPreyProbe
 from custom_envs.intersection import IntersectionMetricsCallback
 
 TABLES_JSONL = "matrix_game_tables.jsonl"
@@ -58,8 +60,15 @@ class MatrixGameDiagnostics(Callback):
 def default_callbacks(task_name: str) -> list[Callback]:
     """The callbacks our CLI adds for ``task_name`` (``<env>/<task>``)."""
     env_name = task_name.split("/")[0]
+    common: list[Callback] = [EvaluationLine(), ResumeEvaluationJson()]
     if env_name == "matrix_game":
-        return [MatrixGameDiagnostics()]
+        return [MatrixGameDiagnostics(), *common]
     if env_name == "highway":
-        return [IntersectionMetricsCallback()]
-    return []
+        return [IntersectionMetricsCallback(), *common]
+    if env_name == "predator_prey":
+        return [PredatorPreyProbe(), *common]
+    if env_name in ("smacv2", "smac", "smax", "fake_smacv2"):  # evaluation win rate (starcraft.py)
+        from benchmarl_pow.starcraft import BattleWonCallback
+
+        return [BattleWonCallback(), *common]
+    return common

@@ -14,6 +14,7 @@ from benchmarl.environments import task_config_registry
 from hydra.core.config_store import ConfigStore
 
 from benchmarl_pow.algorithms import ALGORITHMS
+from benchmarl_pow.episodes import RegimeConfig
 from benchmarl_pow.models import register_models
 from custom_envs import TASKS
 
@@ -24,6 +25,7 @@ def register() -> None:
     Idempotent: calling it again re-stores the same entries.
     """
     store = ConfigStore.instance()
+    store.store(name="regime_config", group="regime", node=RegimeConfig)
     register_models()
     for name, config_class in ALGORITHMS.items():
         algorithm_config_registry[name] = config_class

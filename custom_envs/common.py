@@ -17,6 +17,9 @@ from typing import Any
 
 from benchmarl.environments.common import Task, TaskClass
 from benchmarl.utils import _read_yaml_config
+from tensordict import TensorDictBase
+from torchrl.data import Composite
+from torchrl.envs import EnvBase
 
 
 def conf_root() -> Path:
@@ -87,3 +90,58 @@ class ProjectTask(Task):
             self.config_class(), f"{self.env_name()}/{self.name.lower()}", dict(config)
         )
         return self.associated_class()(name=self.name, config=config)
+
+
+class SmacLayoutClass(TaskClass):
+    """Spec split and metrics shared by tasks laid out like BenchMARL's ``smacv2`` tasks.
+
+    The env has one agent group ``"agents"`` with ``observation`` and ``action_mask``, a root
+    ``state`` and a root ``info`` with ``battle_won`` and ``episode_limit`` flags, and discrete
+    actions. Subclasses give ``get_env_fun``, ``max_steps``, ``group_map`` and ``env_name``.
+    """
+
+    group = "agents"
+
+    def supports_continuous_actions(self) -> bool:
+        return False
+
+    def supports_discrete_actions(self) -> bool:
+        return True
+
+    def has_render(self, env: EnvBase) -> bool:
+        return False
+
+    def _obs_spec(self, env: EnvBase, *drop: Any) -> Composite:
+        spec = env.full_observation_spec_unbatched.clone()
+        for key in drop:
+            del spec[key]
+        return spec
+
+    def observation_spec(self, env: EnvBase) -> Composite:
+        return self._obs_spec(env, "info", "state", (self.group, "action_mask"))
+
+    def action_mask_spec(self, env: EnvBase) -> Composite | None:
+        return self._obs_spec(env, "info", "state", (self.group, "observation"))
+
+    def state_spec(self, env: EnvBase) -> Composite | None:
+        return self._obs_spec(env, "info", self.group)
+
+    def info_spec(self, env: EnvBase) -> Composite | None:
+        return self._obs_spec(env, "state", self.group)
+
+    def action_spec(self, env: EnvBase) -> Composite:
+        return env.full_action_spec_unbatched
+
+    @staticmethod
+    def log_info(batch: TensorDictBase) -> dict[str, float]:
+        """Win and time-out rates over the episodes that ended in ``batch`` (NaN if none did);
+        the same keys as BenchMARL's ``smacv2`` tasks."""
+        done = batch.get(("next", "done")).squeeze(-1)
+        info = batch.get(("next", "info"))
+        return {
+            "collection/info/win_rate": info.get("battle_won")[done].float().mean().item(),
+            "collection/info/episode_limit_rate": info.get("episode_limit")[done]
+            .float()
+            .mean()
+            .item(),
+        }

@@ -28,6 +28,7 @@ def test_benchmarl_algorithms_on_the_matrix_game(run_cli, tmp_path, algorithm):
     assert "greedy joint action: (" in proc.stdout
     assert "payoff" in proc.stdout
     assert list((tmp_path / "run").rglob("matrix_game_final.json"))
+    assert "Loaded config" not in proc.stdout  # quiet by default (verbose=true prints it)
 
 
 def test_benchmarl_task_with_benchmarl_algorithm(run_cli, tmp_path):
@@ -50,11 +51,17 @@ def test_multirun(run_cli, tmp_path):
 
 def test_unknown_algorithm_or_task_is_a_clear_error(run_cli):
     proc = run_cli("algorithm=no_such_algorithm", "task=matrix_game/nonmonotonic")
-    assert proc.returncode != 0
-    assert "no_such_algorithm" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown algorithm 'no_such_algorithm'; choices: cw_qmix, iddpg, ippo, iql, isac, "
+        "maddpg, mappo, masac, ow_qmix, pow_qmix, pow_qplex, pow_vdn, qmix, qmix_lambda, qplex, "
+        "resq, vdn, vdn_lambda"
+    ]
     proc = run_cli("algorithm=qmix", "task=matrix_game/no_such_task")
-    assert proc.returncode != 0
-    assert "no_such_task" in proc.stderr
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "unknown task 'matrix_game/no_such_task'" in line and "matrix_game/nonmonotonic" in line
+    assert "Loaded config" not in proc.stdout
 
 
 def test_custom_payoff_from_the_command_line(run_cli):

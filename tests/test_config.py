@@ -16,6 +16,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
 from benchmarl_pow.algorithms import ALGORITHMS
+from benchmarl_pow.episodes.experiment import EpisodeExperimentConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ALGORITHM_YAMLS = sorted(p.stem for p in (CONF / "algorithm").glob("*.yaml"))
@@ -58,6 +59,8 @@ def test_experiment_presets_compose_and_validate(experiment):
     cfg = _compose(f"experiment={experiment}", "algorithm=qmix_lambda", "task=matrix_game/nonmonotonic")
     config = load_experiment_config_from_hydra(cfg.experiment)
     assert isinstance(config, ExperimentConfig)
+    if cfg.regime.name == "episodes":  # intervals count real frames: no multiple-of rule
+        config = EpisodeExperimentConfig.of(config)
     config.validate(on_policy=False)
     assert config.loggers == ["csv"]
 

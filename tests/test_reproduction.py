@@ -1,7 +1,8 @@
 """The paper's Fig. 2 protocol on the non-monotonic matrix game (uniform ε = 1 data, C = 0.05).
 
-POW-QMIX and POW-VDN must end with the optimum (A, A) as greedy joint action in at least 9 of 10
-seeds; monotonic QMIX (ours with TD(λ), and BenchMARL's) must end in the (C, C) trap, as in the
+POW-QMIX and POW-VDN must end with the optimum (A, A) as greedy joint action in at least 8 of 10
+seeds (measured: 10/10 each, docs/results/matrix_game.md; the margin of two seeds absorbs the
+drift of a seed's float rounding on another CPU); monotonic QMIX (ours with TD(λ), and BenchMARL's) must end in the (C, C) trap, as in the
 paper and the authors' code. The runs use the shipped `experiment=matrix_game` preset unchanged
 (25 iterations x 16 learner calls = 400 learner calls of 128 one-step episodes).
 """
@@ -23,7 +24,7 @@ def run(algorithm: str, seed: int, tmp_path):
 def test_pow_recovers_the_optimum(algorithm, tmp_path):
     results = [run(algorithm, seed, tmp_path) for seed in range(10)]
     successes = [tables for greedy, tables in results if greedy == OPTIMUM]
-    assert len(successes) >= 9, [greedy for greedy, _ in results]
+    assert len(successes) >= 8, [greedy for greedy, _ in results]
     for tables in successes:
         assert abs(float(tables["Q_tot"][0, 0]) - 8.0) < 0.5  # Q_tot(A, A) ≈ Q*(A, A) = 8
         assert float(tables["weight"][0, 0]) == 1.0  # the optimum is in the recognition set

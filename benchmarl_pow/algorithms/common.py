@@ -12,7 +12,7 @@ task's environment" from :data:`TASK_PRESETS`; any number given overrides it.
 """
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass
 from typing import Any, ClassVar
 
@@ -24,25 +24,49 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.data import Composite, Unbounded
-from torchrl.modules import EGreedyModule, QValueModule
+from torchrl.envs import Compose, EnvBase, TransformedEnv
+from torchrl.modules import QValueModule
 from torchrl.objectives import LossModule
 
-from benchmarl_pow.modules import CentralMixer, DmaqMixer, QmixMixer, RecognitionMixer, VdnMixer
+from benchmarl_pow.modules import (
+    CentralMixer,
+    DmaqMixer,
+    LinearEGreedyModule,
+    QmixMixer,
+    RecognitionMixer,
+    VdnMixer,
+)
 from benchmarl_pow.objectives import WeightedMixerLoss, WeightingRule
+from custom_envs.agent_inputs import AgentInputs
 from custom_envs.common import conf_root
 
 #: Per-environment defaults used where a config key is ``null`` (pow_spec.md §0 and App. F).
-TASK_PRESETS: dict[str, dict[str, float]] = {
-    "matrix_game": {"threshold": 0.05, "other_actions_weight": 0.0, "no_weighted_steps": 0},
-    "predator_prey": {"threshold": 1.0, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    # the matrix env appends the agent id itself (its observe_agent_id), so no input is added
+    "matrix_game": {
+        "threshold": 0.05, "other_actions_weight": 0.0, "no_weighted_steps": 0,
+        "obs_last_action": False, "obs_agent_id": False,
+    },
+    "predator_prey": {
+        "threshold": 1.0, "other_actions_weight": 0.1, "no_weighted_steps": 100_000,
+        "obs_last_action": True, "obs_agent_id": False,
+    },
     "highway": {"threshold": 0.1, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
     "smacv2": {"threshold": 0.05, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
+    # SMAC v1 maps: the paper's C = 0.05 (its code's default is 0.1, pow_spec.md §5.4); SMAX and
+    # the fake SMACv2 test env stand in for SMAC and take the same preset.
+    "smac": {"threshold": 0.05, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
+    "smax": {"threshold": 0.05, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
+    "fake_smacv2": {"threshold": 0.05, "other_actions_weight": 0.1, "no_weighted_steps": 100_000},
 }
-#: Defaults for any other environment (the released algorithm defaults).
-DEFAULT_PRESET: dict[str, float] = {
+#: Defaults for any other environment (the released algorithm defaults; PyMARL's agent input
+#: has both the last action and the agent id, pow_spec.md §1.1).
+DEFAULT_PRESET: dict[str, Any] = {
     "threshold": 0.1,
     "other_actions_weight": 0.1,
     "no_weighted_steps": 100_000,
+    "obs_last_action": True,
+    "obs_agent_id": True,
 }
 
 MIXERS = ("qmix", "vdn", "qplex")
@@ -84,6 +108,54 @@ class WeightedMixerAlgorithm(Algorithm):
         # TD(λ) needs sequences: BenchMARL stores chunks of consecutive steps when has_rnn is set.
         self.has_rnn = self.has_rnn or self.lmbda > 0
         self.env_name = experiment.task.env_name()
+        self._agent_inputs = self._make_agent_inputs()
+
+    # ------------------------------------------------------------- agent input
+    def _make_agent_inputs(self) -> dict[str, AgentInputs]:
+        """PyMARL's agent input per group (pow_spec.md §1.5): the observation spec our networks
+        see grows by the appended features, and :meth:`process_env_fun` appends them."""
+        last_action, agent_id = self.preset("obs_last_action"), self.preset("obs_agent_id")
+        if not (last_action or agent_id):
+            return {}
+        inputs = {}
+        self.observation_spec = self.observation_spec.clone()
+        for group in self.group_map:
+            obs_keys = list(self.observation_spec[group].keys())
+            if len(obs_keys) != 1 or self._n_actions_or_none(group) is None:
+                continue  # several observation entries or non-discrete actions: left as they are
+            transform = AgentInputs(
+                group,
+                obs_keys[0],
+                len(self.group_map[group]),
+                self._n_actions(group),
+                last_action=bool(last_action),
+                agent_id=bool(agent_id),
+            )
+            spec = Composite({group: self.observation_spec[group].clone()})
+            self.observation_spec[group] = transform.transform_observation_spec(spec)[group]
+            inputs[group] = transform
+        return inputs
+
+    def agent_inputs(self, group: str) -> AgentInputs | None:
+        """The transform that builds ``group``'s agent input from the env's observation (None
+        when nothing is appended): ``agent_inputs(g)._append(obs, last_action)`` for hand-built
+        observations (probes, diagnostics)."""
+        return self._agent_inputs.get(group)
+
+    def _n_actions_or_none(self, group: str) -> int | None:
+        space = getattr(self.action_spec[group, "action"], "space", None)
+        return getattr(space, "n", None)
+
+    def process_env_fun(self, env_fun: Callable[[], EnvBase]) -> Callable[[], EnvBase]:
+        """Append PyMARL's agent inputs to the observations of training and evaluation envs."""
+        if not self._agent_inputs:
+            return env_fun
+        transforms = list(self._agent_inputs.values())
+
+        def make_env() -> EnvBase:
+            return TransformedEnv(env_fun(), Compose(*[t.clone() for t in transforms]))
+
+        return make_env
 
     # ------------------------------------------------------------ subclass hooks
     def make_rule(self) -> WeightingRule:
@@ -139,7 +211,7 @@ class WeightedMixerAlgorithm(Algorithm):
     def _get_policy_for_collection(
         self, policy_for_loss: TensorDictModule, group: str, continuous: bool
     ) -> TensorDictModule:
-        greedy = EGreedyModule(
+        greedy = LinearEGreedyModule(
             annealing_num_steps=self.experiment_config.get_exploration_anneal_frames(
                 self.on_policy
             ),
@@ -247,6 +319,8 @@ class WeightedMixerAlgorithm(Algorithm):
             residual_value=(group, "residual_value"),
             priority=(group, "td_error"),
         )
+        if self.uses_recognition:  # the loss reads it in _update_recognition
+            loss.recognition_bf16 = bool(getattr(self, "recognition_bf16", False))
         return loss, True
 
     def _get_parameters(self, group: str, loss: LossModule) -> dict[str, Iterable]:
@@ -274,6 +348,34 @@ class WeightedMixerAlgorithm(Algorithm):
         return batch
 
     def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
+        """Stop on a non-finite term, warn on an empty recognition set, drop Q_r's loss.
+
+        Raises:
+            benchmarl_pow.validation.NonFiniteValueError: a loss term or a logged Q-value mean is
+                NaN/inf (naming the iteration, the term and the previous call's finite values),
+                before anything of this iteration is logged.
+        """
+        import math
+        import warnings
+
+        from benchmarl_pow.validation import check_finite_training_values
+
+        last = getattr(self, "_last_finite_loss_vals", {}).get(group)
+        finite = check_finite_training_values(
+            loss_vals, int(self.experiment.n_iters_performed), last, group
+        )
+        self.__dict__.setdefault("_last_finite_loss_vals", {})[group] = finite
+        if finite.get("n_in_recognition_set") == 0.0:
+            counts = self.__dict__.setdefault("_empty_recognition_set_calls", {})
+            counts[group] = counts.get(group, 0) + 1
+            if math.log10(counts[group]).is_integer():  # 1st, 10th, 100th, ... call
+                warnings.warn(
+                    f"POW: the recognition set A_r is empty for a whole batch (group '{group}', "
+                    f"iteration {int(self.experiment.n_iters_performed)}; {counts[group]} "
+                    "learner call(s) so far): no sample gets weight 1; check algorithm.threshold",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         # Q_r was already stepped inside the loss (its inner updates must precede the weights);
         # keep its loss for logging only, out of BenchMARL's optimiser loop.
         if "loss_recognition" in loss_vals.keys():
@@ -289,11 +391,17 @@ class WeightedMixerConfig(AlgorithmConfig):
         lmbda: TD(λ) trace; 0 gives one-step targets. λ > 0 makes BenchMARL store chunks.
         mixing_embed_dim: QMIX mixer embedding (32).
         hypernet_embed: hidden width of the QMIX/QPLEX hypernetworks (64).
+        obs_last_action, obs_agent_id: PyMARL's agent input (pow_spec.md §1.5): append the
+            one-hot last action / the one-hot agent id to each observation; ``null`` = the
+            task's preset (predator-prey: last action only, input 81; matrix game: neither, its
+            env appends the id itself; any other task: both, PyMARL's default).
     """
 
     lmbda: float = MISSING
     mixing_embed_dim: int = MISSING
     hypernet_embed: int = MISSING
+    obs_last_action: bool | None = MISSING
+    obs_agent_id: bool | None = MISSING
 
     #: registry / yaml name, e.g. "pow_qmix"
     registry_name: ClassVar[str] = ""
@@ -348,6 +456,7 @@ class PowFields(CentralCriticFields):
         no_weighted_steps: frames of unweighted Q_tot training at the start.
         recognition_updates / first_recognition_updates: Q_r steps per learner call (10 / 20).
         recognition_batch_fraction: fraction of the batch used by each Q_r step (1.0 = faithful).
+        recognition_bf16: Q_r steps with bf16 matmuls, fp32 accumulation (False = faithful fp32).
         lambda_hypernet_embed_dim, lambda_mixing_embed_dim, v_embed_dim: Q_r widths (128/64/128).
     """
 
@@ -357,6 +466,7 @@ class PowFields(CentralCriticFields):
     recognition_updates: int = MISSING
     first_recognition_updates: int = MISSING
     recognition_batch_fraction: float = MISSING
+    recognition_bf16: bool = MISSING
     lambda_hypernet_embed_dim: int = MISSING
     lambda_mixing_embed_dim: int = MISSING
     v_embed_dim: int = MISSING

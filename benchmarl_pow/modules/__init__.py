@@ -5,6 +5,7 @@ Nothing here knows how it is trained (no imports from ``objectives``/``algorithm
 
 from .central_critic import CentralMixer
 from .dmaq import DmaqMixer, SiWeight, dmaq_combine, dmaq_parts
+from .exploration import LinearEGreedyModule
 from .mlp import GroupedMLP, build_mlp
 from .qmix_mixer import QmixMixer
 from .recognition_mixer import RecognitionMixer, lambdas_from_hypernet_outputs, recognition_value
@@ -14,6 +15,7 @@ __all__ = [
     "CentralMixer",
     "DmaqMixer",
     "GroupedMLP",
+    "LinearEGreedyModule",
     "QmixMixer",
     "RecognitionMixer",
     "SiWeight",

@@ -90,9 +90,12 @@ class RecognitionMixer(nn.Module):
             return self.si_weight(state, actions_onehot)
         x = torch.cat([state, actions_onehot.flatten(-2).to(state.dtype)], dim=-1)
         w1, wf = self.lambda_hypernet["w1"](x), self.lambda_hypernet["wf"](x)
-        return lambdas_from_hypernet_outputs(
-            w1.unflatten(-1, (self.n_agents, self.mixing_embed)), wf
-        )
+        # Under autocast (the bf16 Q_r steps) only the hypernets' matmuls are reduced precision:
+        # λ is formed in the state's dtype (float32; a no-op outside autocast).
+        with torch.autocast(x.device.type, enabled=False):
+            return lambdas_from_hypernet_outputs(
+                w1.to(x.dtype).unflatten(-1, (self.n_agents, self.mixing_embed)), wf.to(x.dtype)
+            )
 
     def value(self, state: torch.Tensor) -> torch.Tensor:
         """V(s) = max_a Q_r(s, a), [*B, 1]."""
@@ -102,5 +105,8 @@ class RecognitionMixer(nn.Module):
         self, delta_q: torch.Tensor, state: torch.Tensor, actions_onehot: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """delta_q [*B, n] (≤ 0, detached), state [*B, S], actions_onehot [*B, n, |A|]
-        -> (Q_r [*B, 1], λΔQ [*B, 1])."""
-        return recognition_value(self.value(state), self.lambdas(state, actions_onehot), delta_q)
+        -> (Q_r [*B, 1], λΔQ [*B, 1]). Under autocast, V and λ come out of bf16 matmuls but
+        Q_r = V + λΔQ is formed in float32."""
+        v, lambdas = self.value(state).to(state.dtype), self.lambdas(state, actions_onehot)
+        with torch.autocast(state.device.type, enabled=False):
+            return recognition_value(v, lambdas, delta_q)

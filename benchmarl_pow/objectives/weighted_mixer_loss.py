@@ -35,6 +35,41 @@ from benchmarl_pow.objectives.weighting import (
 )
 
 
+@dataclass
+class _Batch:
+    """What one learner call reads from its ``[B, T]`` batch (all ``[B, T, ...]``)."""
+
+    action: Tensor
+    state: Tensor
+    next_td: TensorDictBase
+    next_state: Tensor
+    reward: Tensor
+    terminated: Tensor
+    done: Tensor
+    truncated: Tensor | None
+    mask: Tensor | None
+    next_mask: Tensor | None
+    valid: Tensor  # [B, T, 1] bool: real steps
+    weight: Tensor  # valid as float
+    n_valid: Tensor  # number of real steps (at least 1)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Σ valid·x / Σ valid for a per-step quantity ``x`` ``[B, T, 1]``."""
+        return (x * self.weight).sum() / self.n_valid
+
+
+@dataclass
+class _AgentValues:
+    """The online agents' utilities at the taken actions and their greedy choices."""
+
+    q_taken: Tensor  # [B, T, n], with gradient
+    greedy: Tensor  # [B, T, n]
+    max_q: Tensor  # [B, T, n], detached
+    greedy_next: Tensor  # [B, T, n]
+    onehot: Tensor  # [B, T, n, A], the taken actions
+    taken_is_greedy: Tensor  # [B, T, 1] bool
+
+
 class WeightedMixerLoss(LossModule):
     """TensorDict loss for value factorisation with optional weighting, central critic and Q_r.
 
@@ -75,6 +110,7 @@ class WeightedMixerLoss(LossModule):
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
         is_init: NestedKey = "is_init"
+        valid: NestedKey = "valid"
         priority: NestedKey = ("agents", "td_error")
 
     default_keys = _AcceptedKeys
@@ -299,151 +335,227 @@ class WeightedMixerLoss(LossModule):
         For POW the Q_r inner updates happen here, before the weights are computed; the Q_r loss
         of the last inner step is returned as ``loss_recognition`` (already stepped: the algorithm
         removes it before BenchMARL's optimiser loop).
+
+        Padding: where the batch carries the ``valid`` key (``[B, T, 1]`` bool), every term,
+        statistic and priority gives padded steps zero weight and losses are divided by the
+        number of real steps (pow_spec.md §1.8). Its rows are then whole episodes in PyMARL's
+        layout (``benchmarl_pow.episodes.layout``): the slot after an episode's last step holds
+        that step's next observation, so next-step values come from the shift alone.
         """
         td, is_sequence = self._as_sequence(tensordict)
-        keys = self.tensor_keys
-        action = td.get(keys.action)
-        state = self._state(td)
-        next_td = td.get("next")
-        next_state = self._state(next_td)
-        self._check_shapes(td.batch_size, action, state)
-        reward = next_td.get(keys.reward)
-        terminated = next_td.get(keys.terminated).bool()
-        done = next_td.get(keys.done).bool() | terminated
-        truncated = (done & ~terminated).squeeze(-1)
-        mask = td.get(keys.action_mask, None)
-        next_mask = next_td.get(keys.action_mask, None)
-
-        # ---- per-agent utilities (online), current and next
-        q_all, q_next_all = self._unroll(
-            self.agent_network,
-            td,
-            next_td,
-            keys.action_value,
-            truncated=truncated,
-            next_grad=False,  # next-step utilities only pick the greedy next action
-        )
-        q_taken = gather_actions(q_all, action)  # [B, T, n]
-        q_detached = q_all.detach()
-        greedy = masked_argmax(q_detached, mask)
-        max_q = gather_actions(q_detached, greedy)
-        greedy_next = masked_argmax(q_next_all.detach(), next_mask)
-        onehot = F.one_hot(action.long(), self.n_actions).to(q_all.dtype)
-        taken_is_greedy = (action.long() == greedy).all(-1, keepdim=True)
-
-        # ---- bootstrap and TD(λ) targets
-        central_at_greedy = None
-        with torch.no_grad():
-            if self.bootstrap == "mixer":
-                with self.target_agent_network_params.to_module(self.agent_network):
-                    _, qt_next = self._unroll(
-                        self.agent_network, td, next_td, keys.action_value, truncated=truncated
-                    )
-                next_avail = available_or_all(next_mask, qt_next)
-                qt_max = qt_next.masked_fill(~next_avail, float("-inf")).max(-1).values
-                with self.target_mixer_params.to_module(self.mixer):
-                    next_value = self._mix(
-                        self.mixer,
-                        gather_actions(qt_next, greedy_next),
-                        next_state,
-                        F.one_hot(greedy_next, self.n_actions).to(qt_next.dtype),
-                        qt_max,
-                    )
-            else:
-                with self.target_central_agent_params.to_module(self.central_agent):
-                    ct_all, ct_next = self._unroll(
-                        self.central_agent, td, next_td, keys.central_value, truncated=truncated
-                    )
-                with self.target_central_mixer_params.to_module(self.central_mixer):
-                    next_value = self.central_mixer(
-                        gather_actions(ct_next, greedy_next), next_state
-                    )
-                    if self.rule.needs_central_at_greedy:
-                        central_at_greedy = self.central_mixer(
-                            gather_actions(ct_all, greedy), state
-                        )
-            target = td_lambda_targets(reward, next_value, terminated, done, self.gamma, self.lmbda)
-
-        # ---- factorised Q_tot (and ResQ's Q_jt)
-        q_tot = self._mix(self.mixer, q_taken, state, onehot, max_q)
+        batch = self._read_batch(td)
         out: dict[str, Tensor] = {}
-        if self.has_residual:
-            raw = self._critic(
-                self.residual_agent, self.residual_mixer, keys.residual_value, td, action, state
-            )
-            residual = -raw.abs()
-            q_tot = q_tot + residual_mask(taken_is_greedy) * residual
-            out["residual_mean"] = residual.detach().mean()
-
-        # ---- central critic Q̂*
+        agents = self._agent_values(td, batch)
+        target, central_at_greedy = self._targets(td, batch, agents)
+        q_tot = self._q_tot(td, batch, agents, out)
         loss = q_tot.new_zeros(())
         if self.has_central:
-            q_star = self._critic(
-                self.central_agent, self.central_mixer, keys.central_value, td, action, state
-            )
-            central_error = q_star - target
-            loss_central = self.central_loss_coef * central_error.pow(2).mean()
-            loss = loss + loss_central
-            out["loss_central"] = loss_central.detach()
-            out["td_error_central"] = central_error.detach().abs().mean()
-            out["q_star_taken_mean"] = q_star.detach().mean()
-
-        # ---- recognition network Q_r (POW): inner updates, then the set A_r
+            loss = loss + self._central_loss(td, batch, target, out)
         lambda_delta_q = None
         if self.recognition_mixer is not None:
-            delta_q = q_taken.detach() - max_q  # ≤ 0, exactly 0 at the greedy action
-            if torch.is_grad_enabled() and self.training:
-                out.update(self._update_recognition(delta_q, state, onehot, target))
-            with torch.no_grad():
-                q_r, lambda_delta_q = self.recognition_mixer(delta_q, state, onehot)
-            recognition_error = (q_r - target).abs()
-            out["td_error_recognition"] = recognition_error.mean()
-            out["mean_abs_delta_q"] = delta_q.abs().mean()
-            out["q_r_taken_mean"] = q_r.mean()
-            if hasattr(self.rule, "in_set"):
-                out["fraction_in_recognition_set"] = self.rule.in_set(lambda_delta_q).float().mean()
-
-        # ---- weighted Q_tot loss (normalised by the number of samples, not by Σw: §1.8)
-        weights = self.rule.weights(
-            WeightInputs(
-                q_tot=q_tot.detach(),
-                target=target,
-                taken_is_greedy=taken_is_greedy,
-                central_target_at_greedy=central_at_greedy,
-                lambda_delta_q=lambda_delta_q,
-                total_frames=int(self.total_frames),
-            )
+            lambda_delta_q = self._recognition(batch, agents, target, out)
+        loss_tot, td_error = self._q_tot_loss(
+            q_tot, target, batch, agents, central_at_greedy, lambda_delta_q, out
         )
-        tot_error = q_tot - target
-        squared = tot_error.pow(2)
-        if weights is not None:
-            squared = weights * squared
-            out["mean_weight"] = weights.mean()
-        else:
-            out["mean_weight"] = squared.new_ones(())
-        loss_tot = self.mixer_loss_coef * squared.mean()
         loss = loss + loss_tot
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss {float(loss.detach())} (Q_tot loss {float(loss_tot.detach())}); check rewards, "
                 "learning rate and gradient clipping"
             )
-        td_error = tot_error.detach().abs()
         priority = td_error.expand(*td_error.shape[:-1], self.n_agents)
-        tensordict.set(keys.priority, priority if is_sequence else priority.squeeze(1))
-
+        tensordict.set(self.tensor_keys.priority, priority if is_sequence else priority.squeeze(1))
+        mean = batch.mean
         out.update(
             {
                 "loss": loss,
                 "loss_q_tot": loss_tot.detach(),
-                "td_error_q_tot": td_error.mean(),
-                "q_tot_taken_mean": q_tot.detach().mean(),
-                "q_taken_mean": q_taken.detach().mean(),
-                "target_mean": target.mean(),
-                "greedy_fraction": taken_is_greedy.float().mean(),
+                "td_error_q_tot": mean(td_error),
+                "q_tot_taken_mean": mean(q_tot.detach()),
+                "q_taken_mean": mean(agents.q_taken.detach().mean(-1, keepdim=True)),
+                "target_mean": mean(target),
+                "greedy_fraction": mean(agents.taken_is_greedy.float()),
             }
         )
         return TensorDict(out, batch_size=[])
+
+    # ------------------------------------------------------- forward: steps
+    def _read_batch(self, td: TensorDictBase) -> _Batch:
+        """Actions, state, rewards, done flags, masks and the padding mask of a ``[B, T]`` batch."""
+        keys = self.tensor_keys
+        action = td.get(keys.action)
+        state = self._state(td)
+        next_td = td.get("next")
+        self._check_shapes(td.batch_size, action, state)
+        terminated = next_td.get(keys.terminated).bool()
+        done = next_td.get(keys.done).bool() | terminated
+        valid = td.get(keys.valid, None)
+        episode_rows = valid is not None
+        if valid is None:
+            valid = torch.ones_like(terminated)
+        valid = valid.reshape(terminated.shape).bool()
+        return _Batch(
+            action=action,
+            state=state,
+            next_td=next_td,
+            next_state=self._state(next_td),
+            reward=next_td.get(keys.reward),
+            terminated=terminated,
+            done=done,
+            # Episode rows need no re-run after a time-out: the next observation is the next slot.
+            truncated=None if episode_rows else (done & ~terminated).squeeze(-1),
+            mask=td.get(keys.action_mask, None),
+            next_mask=next_td.get(keys.action_mask, None),
+            valid=valid,
+            weight=valid.to(torch.float32),
+            n_valid=valid.sum().clamp_min(1).to(torch.float32),
+        )
+
+    def _agent_values(self, td: TensorDictBase, batch: _Batch) -> _AgentValues:
+        """Online per-agent utilities, their greedy actions now and at the next step."""
+        q_all, q_next_all = self._unroll(
+            self.agent_network,
+            td,
+            batch.next_td,
+            self.tensor_keys.action_value,
+            truncated=batch.truncated,
+            next_grad=False,  # next-step utilities only pick the greedy next action
+        )
+        q_detached = q_all.detach()
+        greedy = masked_argmax(q_detached, batch.mask)
+        action = batch.action.long()
+        return _AgentValues(
+            q_taken=gather_actions(q_all, action),  # [B, T, n]
+            greedy=greedy,
+            max_q=gather_actions(q_detached, greedy),
+            greedy_next=masked_argmax(q_next_all.detach(), batch.next_mask),
+            onehot=F.one_hot(action, self.n_actions).to(q_all.dtype),
+            taken_is_greedy=(action == greedy).all(-1, keepdim=True),
+        )
+
+    @torch.no_grad()
+    def _targets(
+        self, td: TensorDictBase, batch: _Batch, agents: _AgentValues
+    ) -> tuple[Tensor, Tensor | None]:
+        """Double-Q bootstrap (online greedy next action, target network's value) and TD(λ)."""
+        keys = self.tensor_keys
+        central_at_greedy = None
+        if self.bootstrap == "mixer":
+            with self.target_agent_network_params.to_module(self.agent_network):
+                _, qt_next = self._unroll(
+                    self.agent_network, td, batch.next_td, keys.action_value,
+                    truncated=batch.truncated,
+                )
+            next_avail = available_or_all(batch.next_mask, qt_next)
+            qt_max = qt_next.masked_fill(~next_avail, float("-inf")).max(-1).values
+            with self.target_mixer_params.to_module(self.mixer):
+                next_value = self._mix(
+                    self.mixer,
+                    gather_actions(qt_next, agents.greedy_next),
+                    batch.next_state,
+                    F.one_hot(agents.greedy_next, self.n_actions).to(qt_next.dtype),
+                    qt_max,
+                )
+        else:
+            with self.target_central_agent_params.to_module(self.central_agent):
+                ct_all, ct_next = self._unroll(
+                    self.central_agent, td, batch.next_td, keys.central_value,
+                    truncated=batch.truncated,
+                )
+            with self.target_central_mixer_params.to_module(self.central_mixer):
+                next_value = self.central_mixer(
+                    gather_actions(ct_next, agents.greedy_next), batch.next_state
+                )
+                if self.rule.needs_central_at_greedy:
+                    central_at_greedy = self.central_mixer(
+                        gather_actions(ct_all, agents.greedy), batch.state
+                    )
+        target = td_lambda_targets(
+            batch.reward, next_value, batch.terminated, batch.done, self.gamma, self.lmbda,
+            mask=batch.weight,
+        )
+        return target, central_at_greedy
+
+    def _q_tot(
+        self, td: TensorDictBase, batch: _Batch, agents: _AgentValues, out: dict[str, Tensor]
+    ) -> Tensor:
+        """The factorised Q_tot at the taken actions (ResQ: Q_jt = Q_tot + w_r·(−|R|))."""
+        q_tot = self._mix(self.mixer, agents.q_taken, batch.state, agents.onehot, agents.max_q)
+        if self.has_residual:
+            raw = self._critic(
+                self.residual_agent, self.residual_mixer, self.tensor_keys.residual_value, td,
+                batch.action, batch.state,
+            )
+            residual = -raw.abs()
+            q_tot = q_tot + residual_mask(agents.taken_is_greedy) * residual
+            out["residual_mean"] = batch.mean(residual.detach())
+        return q_tot
+
+    def _central_loss(
+        self, td: TensorDictBase, batch: _Batch, target: Tensor, out: dict[str, Tensor]
+    ) -> Tensor:
+        """coef · Σ valid·(Q̂*(s, a) − y)² / Σ valid."""
+        q_star = self._critic(
+            self.central_agent, self.central_mixer, self.tensor_keys.central_value, td,
+            batch.action, batch.state,
+        )
+        error = q_star - target
+        loss = self.central_loss_coef * batch.mean(error.pow(2))
+        out["loss_central"] = loss.detach()
+        out["td_error_central"] = batch.mean(error.detach().abs())
+        out["q_star_taken_mean"] = batch.mean(q_star.detach())
+        return loss
+
+    def _recognition(
+        self, batch: _Batch, agents: _AgentValues, target: Tensor, out: dict[str, Tensor]
+    ) -> Tensor:
+        """POW: Q_r's inner updates (training only), then λΔQ of the taken actions."""
+        delta_q = agents.q_taken.detach() - agents.max_q  # ≤ 0, exactly 0 at the greedy action
+        if torch.is_grad_enabled() and self.training:
+            out.update(
+                self._update_recognition(delta_q, batch.state, agents.onehot, target, batch.valid)
+            )
+        with torch.no_grad():
+            q_r, lambda_delta_q = self.recognition_mixer(delta_q, batch.state, agents.onehot)
+        out["td_error_recognition"] = batch.mean((q_r - target).abs())
+        out["mean_abs_delta_q"] = batch.mean(delta_q.abs().mean(-1, keepdim=True))
+        out["q_r_taken_mean"] = batch.mean(q_r)
+        if hasattr(self.rule, "in_set"):
+            in_set = self.rule.in_set(lambda_delta_q) & batch.valid
+            out["fraction_in_recognition_set"] = batch.mean(in_set.float())
+            out["n_in_recognition_set"] = in_set.sum().to(torch.float32)
+        return lambda_delta_q
+
+    def _q_tot_loss(
+        self,
+        q_tot: Tensor,
+        target: Tensor,
+        batch: _Batch,
+        agents: _AgentValues,
+        central_at_greedy: Tensor | None,
+        lambda_delta_q: Tensor | None,
+        out: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """coef · Σ valid·w·(Q_tot − y)² / Σ valid (not divided by Σw: §1.8); the |TD error|."""
+        weights = self.rule.weights(
+            WeightInputs(
+                q_tot=q_tot.detach(),
+                target=target,
+                taken_is_greedy=agents.taken_is_greedy,
+                central_target_at_greedy=central_at_greedy,
+                lambda_delta_q=lambda_delta_q,
+                total_frames=int(self.total_frames),
+            )
+        )
+        error = q_tot - target
+        squared = error.pow(2)
+        if weights is not None:
+            squared = weights * squared
+            out["mean_weight"] = batch.mean(weights)
+        else:
+            out["mean_weight"] = squared.new_ones(())
+        loss = self.mixer_loss_coef * batch.mean(squared)
+        return loss, error.detach().abs() * batch.weight
 
     # ------------------------------------------------------------- recognition
     def attach_optimizers(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -474,13 +586,25 @@ class WeightedMixerLoss(LossModule):
             self.attach_optimizers(self._optimizers)
 
     def _update_recognition(
-        self, delta_q: Tensor, state: Tensor, onehot: Tensor, target: Tensor
+        self,
+        delta_q: Tensor,
+        state: Tensor,
+        onehot: Tensor,
+        target: Tensor,
+        valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Q_r inner steps (pow_spec.md §3.6.2 (1)) on 0.5·mean((Q_r − y)²), own optimiser.
+        """Q_r inner steps (pow_spec.md §3.6.2 (1)) on 0.5·Σ valid·(Q_r − y)² / Σ valid, own
+        optimiser. Only real (``valid``) steps enter; padding is dropped before the steps.
 
         Gradients are clipped over Q_r's parameters only (the release clipped over all of the
         learner's parameters, quirk Q3).
+
+        With ``recognition_bf16`` (an attribute the algorithm sets; default False) each step's
+        forward runs under autocast to bfloat16: the hypernets' and V's matmuls in bf16 with fp32
+        accumulation (≈2x faster on CPUs with AMX), λ, Q_r, the loss and the optimiser in fp32.
+        The weights after the steps (``_recognition``) are always scored in fp32.
         """
+        bf16 = bool(getattr(self, "recognition_bf16", False))
         if self.recognition_optimizer is None:
             # Outside an Experiment (tests, scripts): an Adam of our own.
             self.recognition_optimizer = torch.optim.Adam(
@@ -497,18 +621,23 @@ class WeightedMixerLoss(LossModule):
         s = state.reshape(dq.shape[0], -1)
         oh = onehot.reshape(dq.shape[0], self.n_agents, self.n_actions)
         y = target.reshape(-1, 1)
+        if valid is not None and not bool(valid.all()):
+            rows = valid.reshape(-1).nonzero().squeeze(-1)
+            dq, s, oh, y = dq[rows], s[rows], oh[rows], y[rows]
         n_samples = dq.shape[0]
         n_draw = max(1, int(round(self.recognition_batch_fraction * n_samples)))
         grad_norm = torch.zeros(())
         loss = torch.zeros(())
         for _ in range(steps):
-            if n_draw < n_samples:
-                idx = torch.randint(n_samples, (n_draw,), device=dq.device)
-                q_r, _ = self.recognition_mixer(dq[idx], s[idx], oh[idx])
-                loss = 0.5 * (q_r - y[idx]).pow(2).mean()
-            else:
-                q_r, _ = self.recognition_mixer(dq, s, oh)
-                loss = 0.5 * (q_r - y).pow(2).mean()
+            with torch.autocast(dq.device.type, dtype=torch.bfloat16, enabled=bf16):
+                if n_draw < n_samples:
+                    idx = torch.randint(n_samples, (n_draw,), device=dq.device)
+                    q_r, _ = self.recognition_mixer(dq[idx], s[idx], oh[idx])
+                    y_step = y[idx]
+                else:
+                    q_r, _ = self.recognition_mixer(dq, s, oh)
+                    y_step = y
+            loss = 0.5 * (q_r - y_step).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.recognition_clip is not None:

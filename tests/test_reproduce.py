@@ -1,0 +1,262 @@
+"""The reproduction workflow (benchmarl_pow/reproduce) end to end on the smoke budget.
+
+One module-scoped set run (predator_prey/punish_4, pow_qmix and qmix_lambda, seeds 0 and 1, Hydra's
+joblib launcher with 2 workers, one iteration each) is then plotted, called again (everything is
+skipped), and one of its runs is "interrupted" (marker removed, status left at running by a dead
+process) and continued for one more iteration from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarl_pow.evaluation_log import merge_previous_evaluations
+from benchmarl_pow.reproduce.__main__ import main
+from benchmarl_pow.reproduce.hydra_callbacks import COMPLETED, STATUS
+from benchmarl_pow.reproduce.launch import RunPlan, group_sweeps, plan_runs, status_lines
+from benchmarl_pow.reproduce.plot import make_report
+from benchmarl_pow.reproduce.results import load_runs, markdown_table, mean_ci, table_rows
+from benchmarl_pow.reproduce.sets import PAPER_VALUES, SETS, budget_overrides
+
+pytestmark = pytest.mark.slow
+
+TASK = "predator_prey/punish_4"
+
+
+def cli_args(
+    out: Path,
+    algorithms: tuple[str, ...] = ("pow_qmix", "qmix_lambda"),
+    seeds: tuple[int, ...] = (0, 1),
+    launcher: str = "joblib",
+    iterations: int = 1,
+) -> list[str]:
+    """``python -m benchmarl_pow.reproduce predator_prey --budget smoke ...`` arguments."""
+    return [
+        "predator_prey",
+        "--budget",
+        "smoke",
+        "--tasks",
+        TASK,
+        "--algorithms",
+        *algorithms,
+        "--seeds",
+        *(str(s) for s in seeds),
+        "--jobs",
+        "2",
+        "--launcher",
+        launcher,
+        "--out",
+        str(out),
+        "experiment.loggers=[]",
+        f"experiment.max_n_iters={iterations}",
+    ]
+
+
+def _json_steps(seed_folder: Path) -> list[int]:
+    (path,) = [p for p in seed_folder.glob("*/*.json") if p.stem == p.parent.name]
+    data = json.loads(path.read_text())
+    run = next(iter(next(iter(next(iter(data.values())).values())).values()))
+    (steps,) = run.values()
+    return sorted(v["step_count"] for k, v in steps.items() if k.startswith("step_"))
+
+
+@pytest.fixture(scope="module")
+def smoke_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce")
+    assert main(cli_args(out)) == 0
+    return out
+
+
+def test_runs_written(smoke_set: Path) -> None:
+    for algorithm in ("pow_qmix", "qmix_lambda"):
+        for seed in (0, 1):
+            folder = smoke_set / TASK / algorithm / f"seed_{seed}"
+            assert (folder / COMPLETED).exists()
+            assert json.loads((folder / STATUS).read_text())["status"] == "completed"
+            assert _json_steps(folder) == [20]
+            assert list(folder.glob("*/checkpoints/checkpoint_20.pt"))
+            assert list(folder.glob("*/evaluations.log"))
+    assert list((smoke_set / TASK / "pow_qmix" / "seed_0").glob("*/probe.jsonl"))
+
+
+def test_status(smoke_set: Path) -> None:
+    lines = status_lines(smoke_set)
+    assert len(lines) == 4 and all(" completed " in line for line in lines)
+    assert all("ckpt        20" in line and "| return " in line for line in lines)
+
+
+def test_plot_and_table(smoke_set: Path) -> None:
+    report = make_report([smoke_set], smoke_set / "report")
+    assert report["runs"] == 4
+    assert (smoke_set / "report" / "curves_predator_prey_punish_4.png").stat().st_size > 0
+    assert len(report["probes"]) == 4
+    table = Path(report["table"]).read_text()
+    assert "| pow_qmix | 40 |" in table and "| qmix_lambda | 0 |" in table
+    assert "2 (2)" in table  # two seeds, both finished
+    summary = json.loads(Path(report["summary"]).read_text())
+    pow_curve = summary["curves"][f"{TASK}|pow_qmix"]
+    assert pow_curve["n"] == [2]
+    # a CI band: two seeds with different returns give a positive half-width
+    curves = [summary["curves"][f"{TASK}|{a}"] for a in ("pow_qmix", "qmix_lambda")]
+    assert any(c["ci"][0] > 0 for c in curves)
+
+
+def test_second_call_skips_finished(smoke_set: Path, capsys: pytest.CaptureFixture) -> None:
+    before = {p: p.stat().st_mtime_ns for p in smoke_set.rglob("*.json")}
+    assert main(cli_args(smoke_set)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skip") == 4
+    assert "nothing to launch" in printed
+    assert before == {p: p.stat().st_mtime_ns for p in smoke_set.rglob("*.json")}
+
+
+def test_interrupted_run_resumes_from_checkpoint(
+    smoke_set: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = smoke_set / TASK / "pow_qmix" / "seed_0"
+    (folder / COMPLETED).unlink()
+    status = json.loads((folder / STATUS).read_text())
+    status.update(status="running", pid=2**22 + 12345)  # a process that no longer exists
+    (folder / STATUS).write_text(json.dumps(status))
+    # continue to 2 iterations: the run was "interrupted" after its first
+    args = cli_args(smoke_set, ("pow_qmix",), (0,), launcher="basic", iterations=2)
+    assert main(args) == 0
+    assert "resume   predator_prey/punish_4 pow_qmix seed 0  <- checkpoint_20.pt" in (
+        capsys.readouterr().out
+    )
+    status = json.loads((folder / STATUS).read_text())
+    assert status["status"] == "completed"
+    assert status["resumed_from"].endswith("checkpoint_20.pt")
+    assert (folder / COMPLETED).exists()
+    attempts = [json.loads(x) for x in (folder / "attempts.jsonl").read_text().splitlines()]
+    assert [a["frames_at_last_checkpoint"] for a in attempts] == [20, 40]
+    # the evaluation before the interruption is kept in the JSON, the new one appended
+    assert _json_steps(folder) == [20, 40]
+    (probe,) = folder.glob("*/probe.jsonl")
+    assert [json.loads(line)["frames"] for line in probe.read_text().splitlines()] == [20, 40]
+    assert len(list(folder.glob("*/config.pkl"))) == 1  # the same run folder, continued
+
+
+# ----------------------------------------------------------------------------- fast unit tests
+def test_plan_extend_and_conflict(tmp_path: Path) -> None:
+    folder = tmp_path / TASK / "pow_qmix" / "seed_0"
+    run = folder / "run_a"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.pkl").write_bytes(b"")
+    import zipfile
+
+    with zipfile.ZipFile(run / "checkpoints" / "checkpoint_40.pt", "w") as z:
+        z.writestr("x", "y")
+    smoke = budget_overrides("predator_prey", "smoke")
+    marker = {"overrides": [*smoke, "experiment.max_n_iters=2"]}
+    (folder / COMPLETED).write_text(json.dumps(marker))
+    plan = lambda extra: plan_runs(tmp_path, [TASK], ["pow_qmix"], [0], [*smoke, *extra])[0]  # noqa: E731
+    assert plan(["experiment.max_n_iters=2"]).action == "skip"
+    extend = plan(["experiment.max_n_iters=5"])
+    assert extend.action == "extend" and extend.checkpoint.endswith("checkpoint_40.pt")
+    assert plan(["experiment=pymarl2", "experiment.max_n_iters=2"]).action == "conflict"
+    os.remove(folder / COMPLETED)
+    assert plan([]).action == "resume"
+
+
+def test_group_sweeps() -> None:
+    def p(task: str, alg: str, seed: int, action: str = "start") -> RunPlan:
+        return RunPlan(task, alg, seed, Path("."), action)
+
+    plans = [p(t, a, s) for t in ("t1", "t2") for a in ("a", "b") for s in (0, 1)]
+    assert group_sweeps(plans) == [(["t1", "t2"], ["a", "b"], [0, 1])]
+    plans[0] = p("t1", "a", 0, "skip")
+    sweeps = group_sweeps(plans)
+    covered = {(t, a, s) for ts, as_, ss in sweeps for t in ts for a in as_ for s in ss}
+    assert covered == {(x.task, x.algorithm, x.seed) for x in plans[1:]}
+
+
+def test_mean_ci_and_paper_values() -> None:
+    assert mean_ci([1.0]) == (1.0, 0.0)
+    mean, half = mean_ci([0.0, 2.0])
+    assert mean == 1.0 and half == pytest.approx(12.706)
+    # Table 1 as printed in the paper
+    assert PAPER_VALUES["predator_prey/punish_4"]["cw_qmix"] == 16.0
+    assert PAPER_VALUES["predator_prey/punish_5"]["resq"] == 0.0
+    assert PAPER_VALUES["highway/intersection"]["pow_qmix"] == 0.92
+    assert PAPER_VALUES["highway/intersection"]["qmix_lambda"] == 0.28
+    for name in SETS:
+        for budget in ("paper", "quick", "smoke"):
+            assert any("checkpoint_interval" in o for o in budget_overrides(name, budget))
+
+
+def test_merge_previous_evaluations(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    old = {
+        "step_1": {"step_count": 20, "return": [1.0]},
+        "step_2": {"step_count": 40, "return": [5.0]},
+    }
+    path.write_text(json.dumps({"e": {"t": {"a": {"seed_0": {"absolute_metrics": {}, **old}}}}}))
+    run_data = {"absolute_metrics": {}}
+    merge_previous_evaluations(run_data, path, max_frames=20)
+    assert set(run_data) == {"absolute_metrics", "step_1"}  # step_2 is after the checkpoint
+    assert run_data["absolute_metrics"] == {"return": [1.0]}
+
+
+def test_table_from_json(tmp_path: Path) -> None:
+    for seed, values in ((0, [0.0, 40.0]), (1, [0.0, 20.0])):
+        run = tmp_path / f"r{seed}"
+        run.mkdir()
+        steps = {
+            f"step_{i + 1}": {"step_count": 16000 * (i + 1), "return": [v, v]}
+            for i, v in enumerate(values)
+        }
+        data = {"predator_prey": {"punish_5": {"powqmix": {f"seed_{seed}": steps}}}}
+        (run / "r.json").write_text("{}")
+        (run / f"r{seed}.json").write_text(json.dumps(data))
+    rows = table_rows(load_runs([tmp_path]))
+    (row,) = rows
+    assert row.algorithm == "pow_qmix" and row.paper == 40.0 and row.seeds == 2
+    assert row.final[0] == 30.0 and row.first_positive == [32000, 32000]
+    assert "| pow_qmix | 40 | 30.0 ± 127.1 |" in markdown_table(rows)
+
+
+def test_episode_metrics_cut_at_first_done() -> None:
+    import torch
+    from tensordict import TensorDict
+
+    from benchmarl_pow.evaluation_log import episode_returns, final_info
+
+    done = torch.tensor([False, True, False, True]).view(4, 1)
+    rollout = TensorDict(
+        {
+            "next": {
+                "done": done,
+                "agents": TensorDict({"reward": torch.ones(4, 2, 1)}, batch_size=[4, 2]),
+                "info": {"captures": torch.tensor([0, 3, 0, 7]).view(4, 1)},
+            }
+        },
+        batch_size=[4],
+    )
+    assert episode_returns([rollout], {"agents": ["a", "b"]}).tolist() == [2.0]
+    assert final_info([rollout], "captures").tolist() == [3.0]
+    assert final_info([rollout], "win") is None
+
+
+def test_slurm_launcher_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="benchmarl_pow.conf", version_base=None):
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "algorithm=pow_qmix",
+                "task=predator_prey/punish_4",
+                "hydra/launcher=pow_slurm",
+                "hydra.launcher.partition=cpu",
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "cpu" and launcher.max_num_timeout > 0

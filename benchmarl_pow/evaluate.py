@@ -73,6 +73,7 @@ def evaluate_checkpoint(
             "render": False,
             "checkpoint_interval": 0,
             "checkpoint_at_end": False,
+            "exclude_buffer_from_checkpoint": True,  # an evaluation needs no replay
             "evaluation": True,
         }
         if episodes is not None:

@@ -24,6 +24,7 @@ import torch
 from benchmarl.experiment import Experiment
 
 import benchmarl_pow  # noqa: F401  (registers our algorithms and tasks)
+from benchmarl_pow.episodes import EpisodeExperiment
 from benchmarl_pow.validation import (
     ConfigError,
     check_checkpoint_file,
@@ -53,7 +54,8 @@ def load_run(checkpoint: str | Path, experiment_patch: dict[str, Any] | None = N
             f"no config.pkl in its run folder {run_folder} (expected <run>/checkpoints/<file>.pt)",
         )
     try:
-        return Experiment.reload_from_file(str(path), experiment_patch=experiment_patch)
+        # dispatches on the run folder's regime: an EpisodeExperiment for regime=episodes runs
+        return EpisodeExperiment.reload_from_file(str(path), experiment_patch=experiment_patch)
     except (RuntimeError, KeyError, AttributeError, TypeError) as err:
         run = checkpoint_identity(path)
         run_name = "/".join(run) if run else run_folder.name

@@ -15,6 +15,7 @@ import torch
 
 from benchmarl_pow.compose import compose_experiment
 from benchmarl_pow.episodes import EpisodeExperiment
+from benchmarl_pow.resume import load_run
 
 OVERRIDES = [
     "algorithm=pow_qmix",
@@ -111,4 +112,9 @@ def test_resume_continues_exactly(tmp_path):
         assert EpisodeExperiment.buffer_dir(checkpoint).is_dir(), checkpoint
     rows = (next(folder_b.rglob("scalars/counters_iter.csv"))).read_text().split()
     assert [int(r.split(",")[0]) for r in rows] == list(range(6))
+    # the resume entry point rebuilds the episode regime from the run folder
+    again = load_run(str(third), experiment_patch={"max_n_iters": 6})
+    assert isinstance(again, EpisodeExperiment) and again.n_iters_performed == 3
+    assert len(again.replay_buffers["agents"]) == min(again.episodes, 16) > 0
+    again.close()
     shutil.rmtree(tmp_path, ignore_errors=True)

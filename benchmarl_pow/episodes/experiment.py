@@ -191,8 +191,10 @@ class EpisodeExperiment(Experiment):
 
     def _load_buffers(self) -> None:
         restore = self.config.restore_file
-        folder = self.buffer_dir(restore) if restore else None
-        if folder is None or not folder.is_dir():
+        if not restore or self.config.exclude_buffer_from_checkpoint:
+            return
+        folder = self.buffer_dir(restore)
+        if not folder.is_dir():
             return
         for group, buffer in self.replay_buffers.items():
             if (folder / group).is_dir():

@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import torch
 from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 
@@ -44,6 +45,12 @@ class MatrixGameDiagnostics(Callback):
             return
         tables = {k: v.cpu() for k, v in joint_value_tables(self.experiment).items()}
         iteration, frames = self.experiment.n_iters_performed, self.experiment.total_frames
+        broken = [name for name, table in tables.items() if not torch.isfinite(table).all()]
+        if broken:  # stop rather than write NaN into the results
+            raise FloatingPointError(
+                f"non-finite {', '.join(broken)} table(s) at iteration {iteration} ({frames} "
+                "frames): the networks produce NaN/inf; lower the learning rate or check rewards"
+            )
         with open(self.jsonl_path, "a") as f:
             record = {"iteration": iteration, "frames": frames}
             record.update({k: v.tolist() for k, v in tables.items()})

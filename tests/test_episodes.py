@@ -463,3 +463,32 @@ def test_agent_input_and_parameter_counts(tmp_path, task, obs_dim, params):
     assert sum(p.numel() for p in experiment.policy.parameters()) == params
     reset = experiment.test_env.reset()
     assert reset.get(("agents", "observation")).shape[-1] == obs_dim
+
+
+def test_episode_regime_on_a_non_batched_env(tmp_path):
+    """BenchMARL wraps the intersection (one env per process) in a SerialEnv: finished envs are
+    not stepped (partial steps) while the agent-input transform widens the observation."""
+    experiment = compose_experiment(
+        [
+            "algorithm=qmix_lambda",
+            "task=highway/intersection",
+            "experiment=intersection",
+            "experiment.max_n_iters=1",
+            "experiment.max_n_frames=null",
+            "experiment.off_policy_n_envs_per_worker=3",
+            "experiment.exploration_eps_init=1.0",
+            "experiment.exploration_eps_end=1.0",
+            "regime.start_training_episodes=3",
+            "regime.batch_episodes=3",
+            "experiment.loggers=[]",
+            "experiment.create_json=False",
+            "experiment.evaluation=False",
+        ],
+        save_folder=tmp_path,
+        callbacks=[],
+    )
+    experiment.run()
+    rows = experiment.replay_buffers["agents"].sample()
+    lengths = rows.get(VALID_KEY).squeeze(-1).sum(1)
+    assert experiment.total_frames == int(lengths.sum()) and experiment.n_learner_calls == 1
+    assert rows.get(("agents", "observation")).shape[-1] == 37

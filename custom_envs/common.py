@@ -15,10 +15,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import torch
 from benchmarl.environments.common import Task, TaskClass
 from benchmarl.utils import _read_yaml_config
 from tensordict import TensorDictBase
-from torchrl.data import Composite
+from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 
@@ -90,6 +91,35 @@ class ProjectTask(Task):
             self.config_class(), f"{self.env_name()}/{self.name.lower()}", dict(config)
         )
         return self.associated_class()(name=self.name, config=config)
+
+
+def smac_layout_specs(
+    group: str, batch: int, n_agents: int, n_actions: int, device: Any
+) -> tuple[Composite, Composite, Composite]:
+    """The action, reward and done specs of a batched env laid out like BenchMARL's ``smacv2``
+    tasks: categorical ``(group, "action")`` ``[B, n]``, a root team reward ``[B, 1]`` and root
+    ``done``/``terminated``/``truncated`` ``[B, 1]``."""
+    action = Composite(
+        {
+            group: Composite(
+                {"action": Categorical(n=n_actions, shape=(batch, n_agents), dtype=torch.long, device=device)},
+                shape=(batch, n_agents),
+                device=device,
+            )
+        },
+        shape=(batch,),
+        device=device,
+    )
+    reward = Composite({"reward": Unbounded(shape=(batch, 1), device=device)}, shape=(batch,), device=device)
+    done = Composite(
+        {
+            key: Categorical(n=2, shape=(batch, 1), dtype=torch.bool, device=device)
+            for key in ("done", "terminated", "truncated")
+        },
+        shape=(batch,),
+        device=device,
+    )
+    return action, reward, done
 
 
 class SmacLayoutClass(TaskClass):

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from benchmarl.environments.common import TaskClass
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.data import Bounded, Categorical, Composite
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask, SmacLayoutClass
+from custom_envs.common import ProjectTask, SmacLayoutClass, smac_layout_specs
 
 __all__ = [
     "ATTACK_OFFSET",
@@ -184,24 +184,8 @@ class FakeSmacv2Env(EnvBase):
             shape=(b,),
             device=dev,
         )
-        self.full_action_spec = Composite(
-            {
-                self.group: Composite(
-                    {"action": Categorical(n=a, shape=(b, n), dtype=torch.long, device=dev)},
-                    shape=(b, n),
-                    device=dev,
-                )
-            },
-            shape=(b,),
-            device=dev,
-        )
-        self.full_reward_spec = Composite(
-            {"reward": Unbounded(shape=(b, 1), device=dev)}, shape=(b,), device=dev
-        )
-        self.full_done_spec = Composite(
-            {k: bool_spec(b, 1) for k in ("done", "terminated", "truncated")},
-            shape=(b,),
-            device=dev,
+        self.full_action_spec, self.full_reward_spec, self.full_done_spec = smac_layout_specs(
+            self.group, b, n, a, dev
         )
 
     def _set_seed(self, seed: int | None) -> None:

@@ -46,7 +46,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask, SmacLayoutClass
+from custom_envs.common import ProjectTask, SmacLayoutClass, smac_layout_specs
 
 __all__ = [
     "SMAX_MAPS",
@@ -318,22 +318,8 @@ class SmaxEnv(EnvBase):
             shape=(b,),
             device=dev,
         )
-        self.full_action_spec = Composite(
-            {
-                self.group: Composite(
-                    {"action": Categorical(n=a, shape=(b, n), dtype=torch.long, device=dev)},
-                    shape=(b, n),
-                    device=dev,
-                )
-            },
-            shape=(b,),
-            device=dev,
-        )
-        self.full_reward_spec = Composite(
-            {"reward": Unbounded(shape=(b, 1), device=dev)}, shape=(b,), device=dev
-        )
-        self.full_done_spec = Composite(
-            {k: flag(b, 1) for k in ("done", "terminated", "truncated")}, shape=(b,), device=dev
+        self.full_action_spec, self.full_reward_spec, self.full_done_spec = smac_layout_specs(
+            self.group, b, n, a, dev
         )
 
     # ------------------------------------------------------------------ torch side

@@ -21,6 +21,7 @@ import pickle
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -174,19 +175,31 @@ class EpisodeExperiment(Experiment):
         return Path(checkpoint).with_suffix(".buffers")
 
     def _save_experiment(self) -> None:
-        """BenchMARL's checkpoint, plus each group's replay dumped beside it with
-        ``ReplayBuffer.dumps`` (memory-mapped files); dumps of deleted checkpoints go too."""
-        super()._save_experiment()
+        """BenchMARL's checkpoint, with each group's replay dumped beside it by
+        ``ReplayBuffer.dumps`` (memory-mapped files).
+
+        The dump is written first, under a temporary name renamed when complete, and the
+        checkpoint after it, so the newest checkpoint always has its whole replay (a kill during
+        the dump leaves the previous pair intact). Only the newest checkpoint keeps a dump (one replay is gigabytes); older ones hold the
+        networks and counters, and resuming from one refills the replay (a warning says so).
+        """
         if self.config.exclude_buffer_from_checkpoint:
+            super()._save_experiment()
             return
-        checkpoint = self._checkpointed_files[-1]
-        folder = self.buffer_dir(checkpoint)
-        folder.mkdir(exist_ok=True)
+        checkpoint_folder = self.folder_name / "checkpoints"
+        checkpoint_folder.mkdir(parents=False, exist_ok=True)
+        folder = self.buffer_dir(checkpoint_folder / f"checkpoint_{self.total_frames}.pt")
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
         for group, buffer in self.replay_buffers.items():
             if len(buffer):
-                buffer.dumps(folder / group)
-        for dump in checkpoint.parent.glob("*.buffers"):
-            if not dump.with_suffix(".pt").exists():  # its checkpoint was deleted
+                buffer.dumps(partial / group)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        super()._save_experiment()
+        for dump in checkpoint_folder.glob("*.buffers*"):
+            if dump != folder:
                 shutil.rmtree(dump, ignore_errors=True)
 
     def _load_buffers(self) -> None:
@@ -195,6 +208,11 @@ class EpisodeExperiment(Experiment):
             return
         folder = self.buffer_dir(restore)
         if not folder.is_dir():
+            warnings.warn(
+                f"{restore} has no replay dump beside it ({folder.name}: only the newest "
+                "checkpoint keeps one); the replay starts empty and refills",
+                stacklevel=2,
+            )
             return
         for group, buffer in self.replay_buffers.items():
             if (folder / group).is_dir():

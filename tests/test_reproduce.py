@@ -260,3 +260,21 @@ def test_slurm_launcher_config_composes() -> None:
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "cpu" and launcher.max_num_timeout > 0
+
+
+@pytest.mark.parametrize("set_name", sorted(SETS))
+def test_every_budget_composes_and_validates(set_name: str) -> None:
+    """Each (set, budget, task, algorithm) is a valid run.py command line: it composes and passes
+    the project's config validation (no repeated key, no invalid value)."""
+    from benchmarl_pow.compose import compose_config
+    from benchmarl_pow.validation import choices_from_overrides, validate_config
+
+    spec = SETS[set_name]
+    for budget in ("paper", "quick", "smoke"):
+        overrides = budget_overrides(set_name, budget)
+        keys = [o.split("=", 1)[0] for o in overrides]
+        assert len(keys) == len(set(keys)), (budget, keys)
+        for task in spec.tasks:
+            for algorithm in spec.algorithms[:2]:
+                line = [f"task={task}", f"algorithm={algorithm}", *overrides]
+                validate_config(compose_config(line), choices_from_overrides(line))

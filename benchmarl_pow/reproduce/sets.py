@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmarl_pow.starcraft import REGIME_DEFAULTS
+
 BUDGETS = ("paper", "quick", "smoke")
 
 
@@ -64,6 +66,13 @@ TABLE1_ALGORITHMS = (
 )
 
 SMOKE = ("experiment=smoke", "experiment.checkpoint_interval=20")
+
+#: The paper's SMAC/SMACv2 regime, as ``run.py`` completes a ``smax/*`` command line, less its
+#: length (``experiment.max_n_frames``: 10.05M frames), which each budget sets.
+SMAC_REGIME = tuple(
+    f"{key}={value}" for key, value in REGIME_DEFAULTS if key != "experiment.max_n_frames"
+)
+SMAC_PAPER_FRAMES = dict(REGIME_DEFAULTS)["experiment.max_n_frames"]
 
 SETS: dict[str, ExperimentSet] = {
     "matrix": ExperimentSet(
@@ -120,6 +129,29 @@ SETS: dict[str, ExperimentSet] = {
             "smoke": SMOKE,
         },
         metric="win_rate",
+    ),
+    # StarCraft-free SMAC (JaxMARL's SMAX, extra `smax`): not the paper's benchmark (other unit
+    # stats, no corridor/MMM2), so no paper value; the paper's SMAC regime (pow_spec.md §5.4:
+    # pymarl2, 10.05M frames, 32 test episodes), the same overrides `run.py` adds for smax/*.
+    "smax": ExperimentSet(
+        name="smax",
+        tasks=("smax/3s_vs_5z", "smax/smacv2_5_units"),
+        algorithms=("pow_qmix", "qmix_lambda"),
+        budgets={
+            "paper": (
+                *SMAC_REGIME,
+                f"experiment.max_n_frames={SMAC_PAPER_FRAMES}",
+                "experiment.checkpoint_interval=32000",
+            ),
+            "quick": (
+                *SMAC_REGIME,
+                "experiment.max_n_frames=1000000",
+                "experiment.checkpoint_interval=32000",
+            ),
+            "smoke": SMOKE,
+        },
+        metric="win_rate",
+        source="none: SMAX stands in for SMAC (Table 1's SMAC rows are StarCraft II)",
     ),
 }
 
@@ -197,7 +229,7 @@ for _task, _values in _TABLE1_SC.items():
     PAPER_VALUES[_task] = dict(zip(_ORDER, _values))
 
 #: The metric of Table 1 per task environment.
-TASK_METRIC = {"highway": "win_rate", "smac": "win_rate"}
+TASK_METRIC = {"highway": "win_rate", "smac": "win_rate", "smax": "win_rate"}
 
 
 def metric_for(task: str) -> str:

@@ -168,10 +168,7 @@ class Variant:
     def setup(self, module: torch.nn.Module, start: dict) -> None:
         self.module = copy.deepcopy(module)
         self.module.load_state_dict(start["recognition_mixer"])
-        if self.perturb:  # the noise floor: the faithful update from weights moved by ~1 ulp
-            with torch.no_grad():
-                for p in self.module.parameters():
-                    p.mul_(1 + self.perturb * torch.randn(p.shape, generator=self.generator))
+        self._perturb()
         defaults = dict(start["optimizer_defaults"] or {"lr": 1e-3})
         self.optimizer = torch.optim.Adam(self.module.parameters(), **defaults)
         if start["optimizer"] is not None:
@@ -179,6 +176,22 @@ class Variant:
         for group in self.optimizer.param_groups:
             group["lr"] = defaults["lr"] * self.lr_scale
         self.params = list(self.module.parameters())
+
+    def _perturb(self) -> None:
+        if self.perturb:  # the noise floor: the faithful update from weights moved by ~1 ulp
+            with torch.no_grad():
+                for p in self.module.parameters():
+                    p.mul_(1 + self.perturb * torch.randn(p.shape, generator=self.generator))
+
+    def restart_from(self, module_state: dict, optimizer_state: dict) -> None:
+        """Continue from the given (faithful) network and optimiser state, keeping this variant's
+        learning-rate scale: ``--restart-each-call`` measures one call's selection alone."""
+        self.module.load_state_dict(module_state)
+        # a copy: Adam's load_state_dict keeps the given moment tensors and updates them in place
+        self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * self.lr_scale
+        self._perturb()
 
     def update(self, dq, s, oh, y, first: bool, clip: float = 10.0) -> None:
         start = time.perf_counter()
@@ -264,6 +277,9 @@ def compare(args: argparse.Namespace) -> None:
     # The faithful network's A_r of every call is cached in the stream folder (with its state after
     # the last cached call), so that variants can be replayed later, or in parallel processes.
     ref_path = stream / f"faithful_reference_C{threshold:g}.pt"
+    restart = args.restart_each_call
+    if restart:  # every call starts from the faithful state: nothing can be taken from the cache
+        args.no_cache = True
     cache = torch.load(ref_path, weights_only=False) if ref_path.exists() and not args.no_cache else None
     cache = cache or {"in_set": [], "seconds": [], "module": None, "optimizer": None}
     if cache["module"] is not None and len(cache["in_set"]) < len(files):
@@ -276,6 +292,11 @@ def compare(args: argparse.Namespace) -> None:
         s = data["state"].to(torch.float32)
         oh = torch.nn.functional.one_hot(data["action"].long(), n_actions).to(torch.float32)
         is_first = k == 0 and start["first_call"]
+        if restart:
+            before_call = (
+                copy.deepcopy(faithful.module.state_dict()),
+                copy.deepcopy(faithful.optimizer.state_dict()),
+            )
         if k < len(cache["in_set"]):
             ref = cache["in_set"][k]
             faithful_seconds.append(cache["seconds"][k])
@@ -293,6 +314,8 @@ def compare(args: argparse.Namespace) -> None:
         ref_frac = float(ref.float().mean())
         cells = []
         for v in variants:
+            if restart:
+                v.restart_from(*before_call)
             v.update(dq, s, oh, y, is_first)
             got = v.in_set(dq, s, oh, threshold)
             agree = float((got == ref).float().mean())
@@ -362,6 +385,9 @@ def main() -> None:
                    help="name:fraction=F,steps=K,first_steps=K1,lr_scale=X,bf16=0|1,perturb=X,draw=replace|subset|epoch (repeatable)")
     c.add_argument("--calls", type=int, default=0, help="use the first N recorded calls (0: all)")
     c.add_argument("--skip", type=int, default=0, help="calls left out of the averages")
+    c.add_argument("--restart-each-call", action="store_true",
+                   help="every variant starts each call from the faithful network's state before "
+                        "that call (one call's selection, no compounding of trajectories)")
     c.add_argument("--threshold", type=float, default=None, help="C (default: the run's)")
     c.add_argument("--no-cache", action="store_true",
                    help="neither read nor write the faithful reference cache")

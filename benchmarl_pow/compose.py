@@ -18,7 +18,6 @@ from benchmarl.experiment.callback import Callback
 from benchmarl.hydra_config import (
     load_algorithm_config_from_hydra,
     load_experiment_config_from_hydra,
-    load_experiment_from_hydra,
     load_model_config_from_hydra,
     load_task_config_from_hydra,
 )
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 import benchmarl_pow  # noqa: F401  (registers our algorithms and tasks)
 from benchmarl_pow.callbacks import default_callbacks
 from benchmarl_pow.episodes import EpisodeExperiment, RegimeConfig
+from benchmarl_pow.frames_experiment import FramesExperiment
 from benchmarl_pow.validation import (
     ConfigError,
     FiniteTrainingGuard,
@@ -44,16 +44,16 @@ def build_experiment(
 ) -> Experiment:
     """The experiment for a composed config: what ``run.py`` and :func:`compose_experiment` run.
 
-    BenchMARL's ``load_experiment_from_hydra`` for the frame-counted regime; with
-    ``regime=episodes`` (``experiment=pymarl2``) an
+    For the frame-counted regime a :class:`~benchmarl_pow.frames_experiment.FramesExperiment`
+    (what BenchMARL's ``load_experiment_from_hydra`` builds, with checkpoints that resume
+    exactly); with ``regime=episodes`` (``experiment=pymarl2``) an
     :class:`~benchmarl_pow.episodes.EpisodeExperiment` (PyMARL2's episode schedule).
     """
     # first, so that no callback writes tables from networks that became non-finite
     callbacks = [FiniteTrainingGuard(), *(callbacks or [])]
     regime = load_regime_config(cfg)
-    if not regime.episodic:
-        return load_experiment_from_hydra(cfg, task_name=task_name, callbacks=callbacks)
-    return EpisodeExperiment(
+    experiment_class = EpisodeExperiment if regime.episodic else FramesExperiment
+    return experiment_class(
         task=load_task_config_from_hydra(cfg.task, task_name),
         algorithm_config=load_algorithm_config_from_hydra(cfg.algorithm),
         model_config=load_model_config_from_hydra(cfg.model),

@@ -1,9 +1,11 @@
 """Resume a checkpointed run: ``python -m benchmarl_pow.resume path/to/checkpoint_N.pt``.
 
 BenchMARL's own ``resume.py`` composes from BenchMARL's config folder and cannot find this
-project's tasks; ``Experiment.reload_from_file`` can, once our package is imported. Networks,
-target networks, replay buffer, counters and (for our algorithms) the optimisers are restored, and
-the run continues in its own folder. ``--evaluate`` runs one evaluation without touching the run's
+project's tasks; ``Experiment.reload_from_file`` can, once our package is imported. The run folder's
+``regime.json`` chooses the experiment class (:func:`benchmarl_pow.resumable.reload_run`), and the
+run continues in its own folder exactly as if it had not stopped (networks, targets, optimisers,
+replay, exploration, counters, random states, the envs' and the collector's state; rows logged
+after the checkpoint are rewound; see the README's resume paragraph for what is exact). ``--evaluate`` runs one evaluation without touching the run's
 results (see :mod:`benchmarl_pow.evaluate`).
 
 The checkpoint is first opened with ``torch.load(..., weights_only=True)``; a missing file, a file
@@ -24,7 +26,7 @@ import torch
 from benchmarl.experiment import Experiment
 
 import benchmarl_pow  # noqa: F401  (registers our algorithms and tasks)
-from benchmarl_pow.episodes import EpisodeExperiment
+from benchmarl_pow.resumable import reload_run
 from benchmarl_pow.validation import (
     ConfigError,
     check_checkpoint_file,
@@ -54,8 +56,8 @@ def load_run(checkpoint: str | Path, experiment_patch: dict[str, Any] | None = N
             f"no config.pkl in its run folder {run_folder} (expected <run>/checkpoints/<file>.pt)",
         )
     try:
-        # dispatches on the run folder's regime: an EpisodeExperiment for regime=episodes runs
-        return EpisodeExperiment.reload_from_file(str(path), experiment_patch=experiment_patch)
+        # dispatches on the run folder's regime.json: EpisodeExperiment or FramesExperiment
+        return reload_run(str(path), experiment_patch=experiment_patch)
     except (RuntimeError, KeyError, AttributeError, TypeError) as err:
         run = checkpoint_identity(path)
         run_name = "/".join(run) if run else run_folder.name

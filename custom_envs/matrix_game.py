@@ -232,6 +232,18 @@ class MatrixGameEnv(EnvBase):
         # The game is deterministic; nothing to seed.
         return None
 
+    # ---------------------------------------------------------------- checkpoint state
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """The env's running state for a checkpoint (PyTorch's extra-state hook, so that
+        ``env.state_dict()`` holds it): empty, because every step is a whole one-step episode
+        and the game draws no random numbers. Declaring it tells a resumed run that the env's
+        state is restored exactly."""
+        return {}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Nothing to restore (see :meth:`get_extra_state`)."""
+        return None
+
 
 @dataclass
 class MatrixGameConfig:

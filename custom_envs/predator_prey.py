@@ -397,6 +397,42 @@ class PredatorPreyEnv(EnvBase):
             self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(int(seed))
 
+    # ---------------------------------------------------------------- checkpoint state
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """The env's whole running state: every env's grid, positions, flags, step and episode
+        counters, and the random generator's state (tensors only).
+
+        PyTorch's extra-state hook, so ``env.state_dict()`` holds it (under ``_extra_state``) and
+        ``env.load_state_dict()`` restores it: a run resumed from a checkpoint continues the
+        interrupted episodes and random draws exactly.
+        """
+        state = {name: getattr(self, name).detach().clone() for name in self._STATE_NAMES}
+        state["rng"] = self.rng.get_state()
+        return state
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`get_extra_state`'s output (on this env's device).
+
+        Raises:
+            ValueError: ``state`` is not this env's (missing entries, or another number of
+                envs, agents, prey or grid size).
+        """
+        missing = [name for name in (*self._STATE_NAMES, "rng") if name not in state]
+        if missing:
+            raise ValueError(f"predator_prey: the saved env state lacks {missing}")
+        for name in self._STATE_NAMES:
+            current, saved = getattr(self, name), state[name]
+            if tuple(saved.shape) != tuple(current.shape):
+                raise ValueError(
+                    f"predator_prey: the saved env state has {name} of shape "
+                    f"{tuple(saved.shape)}, this env {tuple(current.shape)} (another num_envs, "
+                    "n_agents, n_prey, grid_size or obs_radius)"
+                )
+        for name in self._STATE_NAMES:
+            dtype = getattr(self, name).dtype
+            setattr(self, name, state[name].to(device=self.device, dtype=dtype).clone())
+        self.rng.set_state(state["rng"].cpu())  # a generator's state is a CPU byte tensor
+
     # ---------------------------------------------------------------- helpers
     def _interior_view(self, grid: torch.Tensor) -> torch.Tensor:
         """The ``[B, g, g]`` grid cells (a strided view of the padded grid)."""

@@ -15,10 +15,6 @@ optimiser loop (``_optimizer_loop``), evaluation, loggers, callbacks and checkpo
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
-import random
 import shutil
 import time
 import warnings
@@ -26,7 +22,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from benchmarl.experiment import Experiment, ExperimentConfig
 from tensordict.nn import TensorDictSequential
@@ -36,10 +31,9 @@ from torchrl.objectives import HardUpdate
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.layout import VALID_KEY, episodes_from_rollout
 from benchmarl_pow.episodes.replay import make_episode_buffer
-from benchmarl_pow.episodes.run_files import rewind_records, rewind_scalars
-from benchmarl_pow.evaluation_log import merge_previous_evaluations
+from benchmarl_pow.resumable import REGIME_FILE, ResumableMixin, reload_run
 
-REGIME_FILE = "regime.json"
+__all__ = ["REGIME_FILE", "EpisodeExperiment", "EpisodeExperimentConfig"]
 
 
 def _is_private(key) -> bool:
@@ -88,8 +82,12 @@ class _NoCollector:
         pass
 
 
-class EpisodeExperiment(Experiment):
+class EpisodeExperiment(ResumableMixin, Experiment):
     """An :class:`~benchmarl.experiment.Experiment` trained on PyMARL2's episode schedule.
+
+    Resumes exactly (:class:`~benchmarl_pow.resumable.ResumableMixin`, plus the episode counters
+    and the replay dumped beside the checkpoint): every iteration starts from a reset, so no
+    env or collector state crosses an iteration boundary.
 
     Args:
         regime: the episode regime's numbers (:class:`RegimeConfig`, ``name="episodes"``).
@@ -109,8 +107,7 @@ class EpisodeExperiment(Experiment):
         if "config" in kwargs:
             kwargs["config"] = EpisodeExperimentConfig.of(kwargs["config"])
         super().__init__(*args, **kwargs)
-        with open(self.folder_name / REGIME_FILE, "w") as f:
-            json.dump(vars(self.regime), f, indent=1)
+        self._write_regime_file()
 
     # ------------------------------------------------------------------ set-up
     def _setup_algorithm(self) -> None:
@@ -218,18 +215,11 @@ class EpisodeExperiment(Experiment):
             if (folder / group).is_dir():
                 buffer.loads(folder / group)
 
-    def _exploration_layers(self) -> dict[str, Any]:
-        layers = {}
-        for group, policy in self.group_policies.items():
-            layer = policy[-1] if isinstance(policy, TensorDictSequential) else policy
-            if hasattr(layer, "step"):
-                layers[group] = layer
-        return layers
-
     def state_dict(self):
-        """BenchMARL's checkpoint plus the episode counters, the exploration state (ε) and the
-        random states (BenchMARL's checkpoint has neither). The replay is not pickled into it:
-        :meth:`_save_experiment` dumps it beside the checkpoint (memory-mapped files)."""
+        """The shared resume state (:class:`~benchmarl_pow.resumable.ResumableMixin`: BenchMARL's
+        checkpoint, exploration, random states) plus the episode counters. The replay is not
+        pickled into it: :meth:`_save_experiment` dumps it beside the checkpoint (memory-mapped
+        files)."""
         exclude = self.config.exclude_buffer_from_checkpoint
         self.config.exclude_buffer_from_checkpoint = True
         try:
@@ -243,15 +233,6 @@ class EpisodeExperiment(Experiment):
             "last_evaluation_frames": self.last_evaluation_frames,
             "last_checkpoint_frames": self.last_checkpoint_frames,
         }
-        state["exploration"] = {g: m.state_dict() for g, m in self._exploration_layers().items()}
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        version, internal, gauss_next = random.getstate()
-        # tensors and plain numbers only: checkpoints load with torch.load(weights_only=True)
-        state["rng"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "python": [version, list(internal), gauss_next],
-        }
         return state
 
     def load_state_dict(self, state_dict) -> None:
@@ -259,53 +240,12 @@ class EpisodeExperiment(Experiment):
         self._load_buffers()
         for key, value in state_dict.get("episodes", {}).items():
             setattr(self, key, value)
-        for group, layer in self._exploration_layers().items():
-            if group in state_dict.get("exploration", {}):
-                layer.load_state_dict(state_dict["exploration"][group])
-        # Applied when the loop starts: BenchMARL's run() reseeds everything first.
-        self._pending_rng = state_dict.get("rng")
-        # The interrupted run may have logged past this checkpoint: drop it, keep the rest.
-        rewind_scalars(Path(self.folder_name), self.n_iters_performed)
-        rewind_records(Path(self.folder_name), self.total_frames)
-        writer = getattr(self.logger, "json_writer", None)
-        if writer is not None:  # BenchMARL's writer starts empty: keep the earlier evaluations
-            merge_previous_evaluations(writer.run_data, Path(writer.path), self.total_frames)
 
     @staticmethod
     def reload_from_file(restore_file: str, experiment_patch: dict | None = None) -> Experiment:
         """Like :meth:`Experiment.reload_from_file`, for a run of either regime (the run folder's
-        ``regime.json`` tells which)."""
-        folder = Path(restore_file).parent.parent.resolve()
-        regime_file = folder / REGIME_FILE
-        if not regime_file.exists():
-            return Experiment.reload_from_file(restore_file, experiment_patch)
-        config_file = folder / "config.pkl"
-        if not os.path.exists(config_file):
-            raise ValueError(f"{config_file} not found: {restore_file} is not in a run folder")
-        with open(config_file, "rb") as f:
-            task, task_config, algorithm_config, model_config, seed, experiment_config = (
-                pickle.load(f) for _ in range(6)
-            )
-            critic_model_config = pickle.load(f)
-            callbacks = pickle.load(f)
-        task.config = task_config
-        experiment_config.restore_file = restore_file
-        for key, value in (experiment_patch or {}).items():
-            if not hasattr(experiment_config, key):
-                raise ValueError(f"Experiment config does not have attribute {key}")
-            setattr(experiment_config, key, value)
-        with open(regime_file) as f:
-            regime = RegimeConfig(**json.load(f))
-        return EpisodeExperiment(
-            task=task,
-            algorithm_config=algorithm_config,
-            model_config=model_config,
-            seed=seed,
-            config=experiment_config,
-            callbacks=callbacks,
-            critic_model_config=critic_model_config,
-            regime=regime,
-        )
+        ``regime.json`` tells which; :func:`~benchmarl_pow.resumable.reload_run`)."""
+        return reload_run(restore_file, experiment_patch)
 
     # -------------------------------------------------------------------- loop
     def _done(self) -> bool:
@@ -356,16 +296,6 @@ class EpisodeExperiment(Experiment):
                 if updater is not None:
                     updater.step()
             self.last_target_update_episode = self.episodes
-
-    def _restore_rng(self) -> None:
-        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
-        if not rng:
-            return
-        torch.set_rng_state(rng["torch"])
-        name, keys, pos, has_gauss, cached = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        version, internal, gauss_next = rng["python"]
-        random.setstate((version, tuple(internal), gauss_next))
 
     def _collection_loop(self) -> None:
         self._restore_rng()  # a resumed run continues the random streams of the original

@@ -50,6 +50,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.run_files import rewind_records, rewind_scalars
 from benchmarl_pow.evaluation_log import EVALUATIONS_LOG, merge_previous_evaluations
+from benchmarl_pow.validation import IDENTITY_FILE
 
 #: the run folder's record of its regime (:class:`RegimeConfig` as JSON)
 REGIME_FILE = "regime.json"
@@ -188,9 +189,19 @@ class ResumableMixin:
 
     # ------------------------------------------------------------- pieces
     def _write_regime_file(self) -> None:
-        """``regime.json`` in the run folder: :func:`reload_run` builds the right class from it."""
-        with open(Path(self.folder_name) / REGIME_FILE, "w") as f:
+        """``regime.json`` in the run folder (:func:`reload_run` builds the right class from it)
+        and ``identity.json`` (algorithm, task and model, as the folder's name gives them:
+        a checkpoint of a renamed folder is still refused for another run)."""
+        folder = Path(self.folder_name)
+        with open(folder / REGIME_FILE, "w") as f:
             json.dump(vars(self.regime), f, indent=1)
+        identity = {
+            "algorithm": self.algorithm_name,
+            "task": self.task_name,
+            "model": self.model_name,
+        }
+        with open(folder / IDENTITY_FILE, "w") as f:
+            json.dump(identity, f, indent=1)
 
     def _exploration_layers(self) -> dict[str, Any]:
         """Each group's exploration module (the last module of its policy, when it anneals)."""

@@ -18,6 +18,7 @@ stops a learner call with a NaN/inf term (:class:`NonFiniteValueError`).
 from __future__ import annotations
 
 import difflib
+import json
 import importlib.util
 import logging
 import math
@@ -433,10 +434,23 @@ def run_identity(algorithm: str, task: str, model: str | None) -> tuple[str, str
     return alg, task_id, model_id
 
 
+#: Written into every run folder (``ResumableMixin``): the run's ``(algorithm, task, model)``
+#: as BenchMARL names them, so that a renamed run folder is still recognised.
+IDENTITY_FILE = "identity.json"
+
+
 def checkpoint_identity(checkpoint: str | Path) -> tuple[str, str, str] | None:
-    """``(algorithm, task, model)`` of the run folder holding ``checkpoint`` (from its name,
-    ``<algorithm>_<task>_<model>__<id>``), or None when the folder is not named that way."""
-    name = Path(checkpoint).resolve().parent.parent.name
+    """``(algorithm, task, model)`` of the run folder holding ``checkpoint``: from its
+    ``identity.json``, else from the folder's name (``<algorithm>_<task>_<model>__<id>``, as
+    BenchMARL names it), or None when neither tells."""
+    folder = Path(checkpoint).resolve().parent.parent
+    try:
+        with open(folder / IDENTITY_FILE) as f:
+            found = json.load(f)
+        return str(found["algorithm"]), str(found["task"]), str(found["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    name = folder.name
     prefix = name.split("__", 1)[0]
     parts = prefix.split("_")
     if "__" not in name or len(parts) < 3:

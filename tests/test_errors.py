@@ -8,6 +8,7 @@ names, then the composed config); a few cases go through the real command line.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -207,6 +208,24 @@ def test_restore_file_of_another_algorithm_or_task_is_refused(tmp_path):
     assert "model 'gru'" in message
     same = _fake_checkpoint(tmp_path, "powqmix_nonmonotonic_mlp__gh_4", state)
     assert config_error(MATRIX + [f"experiment.restore_file={same}"]) == ""
+
+
+def test_renamed_run_folder_is_recognised_by_its_identity_file(tmp_path):
+    state = {"state": {"total_frames": 20}}
+    renamed = _fake_checkpoint(tmp_path, "my_best_run", state)
+    assert config_error(MATRIX + [f"experiment.restore_file={renamed}"]) == ""  # nothing to tell
+    identity = {"algorithm": "qmixlambda", "task": "nonmonotonic", "model": "mlp"}
+    (renamed.parent.parent / "identity.json").write_text(json.dumps(identity))
+    message = config_error(MATRIX + [f"experiment.restore_file={renamed}"])
+    assert "algorithm 'qmixlambda'" in message and "powqmix/nonmonotonic/mlp" in message
+
+
+def test_run_folder_records_its_identity(tmp_path):
+    experiment = compose_experiment(MATRIX + ["experiment.max_n_iters=1"], save_folder=tmp_path)
+    folder = Path(experiment.folder_name)
+    found = json.loads((folder / "identity.json").read_text())
+    assert folder.name.startswith("_".join(found.values()) + "__")
+    experiment.close()
 
 
 def test_restore_file_of_random_bytes_is_refused(tmp_path):

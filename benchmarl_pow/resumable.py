@@ -34,6 +34,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import warnings
 from collections import deque
 from collections.abc import Mapping
@@ -56,12 +57,29 @@ from benchmarl_pow.validation import IDENTITY_FILE
 REGIME_FILE = "regime.json"
 #: the checkpoint entry holding :meth:`ResumableMixin._resume_state`'s additions
 RESUME_KEY = "resume"
+#: In a run folder while a process trains it: ``{"pid", "host"}`` (removed when ``run`` returns).
+RUNNING_FILE = "running.json"
 
 
 _FRAMES_FIELD = re.compile(r"\bframes (\d+)\b")
 
 
 # ------------------------------------------------------------------------------ run files
+def live_owner(run_folder: str | Path) -> int | None:
+    """The pid of a process on this host that is training ``run_folder`` now, or None (no
+    ``running.json``, another host, or a process that is gone)."""
+    try:
+        with open(Path(run_folder) / RUNNING_FILE) as f:
+            owner = json.load(f)
+        pid = int(owner["pid"])
+        if owner["host"] != socket.gethostname() or pid == os.getpid():
+            return None
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid
+
+
 def rewind_text_log(path: Path, frames: int) -> None:
     """Drop the lines of a text log (``evaluations.log``: ``... frames N ...``) logged after
     ``frames``; lines without a frame count are kept."""
@@ -186,6 +204,17 @@ class ResumableMixin:
     """
 
     regime: RegimeConfig
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        """BenchMARL's ``run``, with ``running.json`` in the run folder meanwhile, so that a
+        resume of the same folder refuses while this process still writes it."""
+        marker = Path(self.folder_name) / RUNNING_FILE
+        with open(marker, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            marker.unlink(missing_ok=True)
 
     # ------------------------------------------------------------- pieces
     def _write_regime_file(self) -> None:

@@ -18,8 +18,8 @@ stops a learner call with a NaN/inf term (:class:`NonFiniteValueError`).
 from __future__ import annotations
 
 import difflib
-import json
 import importlib.util
+import json
 import logging
 import math
 import warnings
@@ -521,6 +521,13 @@ def validate_config(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
     if restore is not None:
         key = "experiment.restore_file"
         check_checkpoint_file(restore, key)
+        from benchmarl_pow.resumable import live_owner  # (it imports this module)
+
+        owner = live_owner(Path(restore).resolve().parent.parent)
+        if owner is not None:
+            raise ConfigError(
+                key, restore, f"its run is still in progress (pid {owner}): stop it first"
+            )
         if algorithm is not None and task is not None:
             model = cfg.model.get("name") if "layers" not in cfg.model else None
             check_checkpoint_matches(restore, run_identity(algorithm, task, model), key)

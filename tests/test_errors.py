@@ -373,3 +373,34 @@ def test_experiment_config_helper_checks_its_preset_and_keywords():
         benchmarl_pow.experiment_config("matrix_game", gamma=2.0)
     with pytest.raises(ConfigError, match=r"max_iters=3 .*not a key of ExperimentConfig"):
         benchmarl_pow.experiment_config("matrix_game", max_iters=3)
+
+
+def test_resuming_a_live_run_is_refused(tmp_path):
+    """A run folder some live process is training (its running.json) cannot be resumed: the
+    resume would rewind the files that process is writing. Evaluation stays possible."""
+    import socket
+    import subprocess as sp
+
+    from benchmarl_pow.resume import load_run
+
+    experiment = compose_experiment(MATRIX + ["experiment.max_n_iters=1",
+                                              "experiment.checkpoint_at_end=True"],
+                                    save_folder=tmp_path)
+    experiment.run()
+    folder = Path(experiment.folder_name)
+    assert not (folder / "running.json").exists()  # removed when run() returned
+    (checkpoint,) = (folder / "checkpoints").glob("*.pt")
+    other = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = {"pid": other.pid, "host": socket.gethostname()}
+        (folder / "running.json").write_text(json.dumps(owner))
+        with pytest.raises(ConfigError, match=f"still in progress \\(pid {other.pid}\\)"):
+            load_run(checkpoint)
+        message = config_error(MATRIX + [f"experiment.restore_file={checkpoint}"])
+        assert "still in progress" in message
+    finally:
+        other.kill()
+        other.wait()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    load_run(checkpoint, experiment_patch={"save_folder": str(scratch)}).close()

@@ -30,6 +30,15 @@ shuffle per call (``draw=epoch``) 0.854; fraction 0.2 epoch 0.877. Over the firs
 fraction 0.25 (10 steps) 0.92, 0.5 distinct samples 0.93, 0.5 with bf16 0.92, 0.25 x 8 steps, 0.1 x 20
 and 0.5 x 5 far worse (the A_r set depends on the exact number of steps). Every variant's agreement
 falls call after call, the floor's too: A_r is sensitive to any change of Q_r's trajectory.
+
+``--restart-each-call`` separates one call's selection from that compounding: every variant starts
+each call from the faithful network and optimiser state before that call. Measured 2026-12-02 on
+the same stream, calls 0-4 (125k samples; agreement per call):
+``ulp_floor`` 1.000 (all calls); ``bf16`` 0.999, 1.000, 1.000, 1.000, 1.000 with the same A_r
+fraction to 3 digits; ``recognition_batch_fraction=0.1`` 0.976, 0.989, 0.985, 0.973, 0.929 (A_r
+fraction off by up to 9 %); fraction 0.25 0.962-0.993. So bf16 matmuls select the faithful set in a
+call; what separates the compounded runs is the chaotic growth of any perturbation over calls
+(faster for bf16, whose per-call perturbation is larger than one ulp).
 """
 
 from __future__ import annotations

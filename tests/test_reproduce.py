@@ -278,3 +278,24 @@ def test_every_budget_composes_and_validates(set_name: str) -> None:
             for algorithm in spec.algorithms[:2]:
                 line = [f"task={task}", f"algorithm={algorithm}", *overrides]
                 validate_config(compose_config(line), choices_from_overrides(line))
+
+
+def test_checkpoint_with_a_cut_short_replay_dump_is_skipped(tmp_path: Path) -> None:
+    """A kill while an older version wrote a replay dump in place left it incomplete: the workflow
+    resumes from the newest checkpoint whose dump (if any) is whole."""
+    import torch
+
+    from benchmarl_pow.reproduce.hydra_callbacks import last_checkpoint
+
+    run = tmp_path / "seed_0" / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.pkl").write_bytes(b"")
+    for frames in (10, 20, 30):
+        torch.save({"state": {}}, run / "checkpoints" / f"checkpoint_{frames}.pt")
+    whole = run / "checkpoints" / "checkpoint_20.buffers" / "agents"
+    (whole / "storage").mkdir(parents=True)
+    (whole / "buffer_metadata.json").write_text("{}")
+    cut = run / "checkpoints" / "checkpoint_30.buffers" / "agents" / "storage"
+    cut.mkdir(parents=True)
+    (cut / "observation.memmap").write_bytes(b"\0" * 8)
+    assert last_checkpoint(tmp_path / "seed_0").endswith("checkpoint_20.pt")

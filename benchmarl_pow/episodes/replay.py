@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,3 +62,13 @@ def make_episode_buffer(
         batch_size=batch_size,
         transform=EpisodeStorageTransform(shifted_keys),
     )
+
+
+def replay_dump_is_complete(folder: str | Path) -> bool:
+    """Whether ``checkpoint_N.buffers`` (one sub-folder per group, written by
+    ``ReplayBuffer.dumps``) is whole: TorchRL writes each group's ``buffer_metadata.json`` last.
+    Dumps are written under a temporary name and renamed when complete
+    (``EpisodeExperiment._save_experiment``); an older version wrote them in place, so a kill
+    during the dump could leave one cut short."""
+    groups = [p for p in Path(folder).iterdir() if p.is_dir()] if Path(folder).is_dir() else []
+    return bool(groups) and all((g / "buffer_metadata.json").is_file() for g in groups)

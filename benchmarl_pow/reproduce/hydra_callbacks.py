@@ -33,6 +33,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
+from benchmarl_pow.episodes.replay import replay_dump_is_complete
+
 COMPLETED = "COMPLETED"
 STATUS = "status.json"
 #: one JSON line per finished job attempt (start, end, wall time, host, resumed checkpoint)
@@ -52,13 +54,17 @@ def run_folders(seed_folder: str | Path) -> list[Path]:
 def checkpoints(seed_folder: str | Path) -> list[tuple[int, Path]]:
     """``(frames, path)`` of every readable checkpoint of the seed folder's runs, oldest first.
 
-    A checkpoint is readable when it is a complete zip archive (``torch.save``'s format): a file
-    cut short by a kill during the save is skipped.
+    A checkpoint is readable when it is a complete zip archive (``torch.save``'s format) and the
+    replay dump beside it, if there is one, is whole: a file or dump cut short by a kill during
+    the save is skipped.
     """
     found = []
     for run in run_folders(seed_folder):
         for path in (run / "checkpoints").glob("checkpoint_*.pt"):
             match = _CHECKPOINT.search(path.name)
+            dump = path.with_suffix(".buffers")
+            if dump.is_dir() and not replay_dump_is_complete(dump):
+                continue
             if match and zipfile.is_zipfile(path):
                 found.append((int(match.group(1)), path))
     return sorted(found)

@@ -33,6 +33,12 @@ the same-process ratios are the comparable part):
     smacv2_5_units  full loop          7,400   12,900   x1.75 (x1.63)
                     raw _step         15,100   20,600   x1.36 (x1.36)
 
+Idle machine (training runs paused), ``--batch-sizes 64 --window 2 --smax-baseline a3a48b3``,
+2026-12-02: 3s_vs_5z full loop 13,490 -> 22,084 (x1.64), raw ``_step`` 22,767 -> 31,258 (x1.37);
+smacv2_5_units full loop 9,711 -> 15,239 (x1.57), raw 17,529 -> 22,157 (x1.26). The issue's
+reference (≈23k env steps/s at 64 battles on 3s_vs_5z, stepped through DLPack) is passed by the
+raw step (31k) and nearly reached by the whole TorchRL loop (22.1k, 0.96x).
+
 (10 interleaved rounds; the ratios moved by up to about 0.15 between runs. The fused reset alone:
 full loop x1.1-1.2 over ``unfused``, raw ``_step`` x0.93-0.98.) Where the full loop's time goes
 at 64 battles on 3s_vs_5z after the change: the jitted step about 60% (in it, JaxMARL's step with

@@ -47,7 +47,9 @@ def load_run(checkpoint: str | Path, experiment_patch: dict[str, Any] | None = N
             checkpoint whose networks do not fit the run folder's algorithm, task or model.
     """
     path = Path(checkpoint)
-    check_checkpoint_file(path)
+    check_checkpoint_file(
+        path, with_replay=not (experiment_patch or {}).get("exclude_buffer_from_checkpoint", False)
+    )
     run_folder = path.resolve().parent.parent
     if not (run_folder / "config.pkl").is_file():
         raise ConfigError(

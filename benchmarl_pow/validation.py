@@ -458,9 +458,12 @@ def checkpoint_identity(checkpoint: str | Path) -> tuple[str, str, str] | None:
     return parts[0], "_".join(parts[1:-1]), parts[-1]
 
 
-def check_checkpoint_file(checkpoint: str | Path, key: str = "checkpoint") -> dict[str, Any]:
+def check_checkpoint_file(
+    checkpoint: str | Path, key: str = "checkpoint", with_replay: bool = True
+) -> dict[str, Any]:
     """Load ``checkpoint`` with ``weights_only=True`` (memory-mapped) and check it is an
-    experiment checkpoint; return its state dict. Raises :class:`ConfigError` otherwise."""
+    experiment checkpoint whose replay dump, if it has one and ``with_replay``, is whole; return
+    its state dict. Raises :class:`ConfigError` otherwise, before anything is built or rewound."""
     path = Path(checkpoint)
     if not path.is_file():
         raise ConfigError(key, str(checkpoint), "no such file (expected .../checkpoints/checkpoint_N.pt)")
@@ -472,6 +475,17 @@ def check_checkpoint_file(checkpoint: str | Path, key: str = "checkpoint") -> di
         ) from None
     if not isinstance(state, Mapping) or "state" not in state:
         raise ConfigError(key, str(checkpoint), "not an experiment checkpoint (no 'state' entry)")
+    from benchmarl_pow.episodes.replay import replay_dump_is_complete
+
+    dump = path.with_suffix(".buffers")
+    if with_replay and dump.is_dir() and not replay_dump_is_complete(dump):
+        raise ConfigError(
+            key,
+            str(checkpoint),
+            f"its replay dump {dump.name} is incomplete (cut short while it was written): resume "
+            "from an older checkpoint, or without the replay "
+            "(experiment.exclude_buffer_from_checkpoint=true)",
+        )
     return dict(state)
 
 
@@ -520,7 +534,9 @@ def validate_config(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
     restore = cfg.experiment.restore_file
     if restore is not None:
         key = "experiment.restore_file"
-        check_checkpoint_file(restore, key)
+        check_checkpoint_file(
+            restore, key, with_replay=not cfg.experiment.get("exclude_buffer_from_checkpoint", False)
+        )
         from benchmarl_pow.resumable import live_owner  # (it imports this module)
 
         owner = live_owner(Path(restore).resolve().parent.parent)

@@ -404,3 +404,22 @@ def test_resuming_a_live_run_is_refused(tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     load_run(checkpoint, experiment_patch={"save_folder": str(scratch)}).close()
+
+
+def test_checkpoint_with_a_cut_short_replay_dump_is_refused_before_anything(tmp_path):
+    """Refused with one line before the run folder is touched; without the replay it loads."""
+    from benchmarl_pow.validation import check_checkpoint_file
+
+    checkpoint = _fake_checkpoint(tmp_path, "powqmix_nonmonotonic_mlp__ab_1", {"state": {}})
+    cut = checkpoint.with_suffix(".buffers") / "agents" / "storage"
+    cut.mkdir(parents=True)
+    message = config_error(MATRIX + [f"experiment.restore_file={checkpoint}"])
+    assert "replay dump checkpoint_20.buffers is incomplete" in message
+    assert config_error(
+        MATRIX + [f"experiment.restore_file={checkpoint}",
+                  "experiment.exclude_buffer_from_checkpoint=true"]
+    ) == ""
+    with pytest.raises(ConfigError, match="incomplete"):
+        check_checkpoint_file(checkpoint)
+    (cut.parent / "buffer_metadata.json").write_text("{}")
+    assert check_checkpoint_file(checkpoint) == {"state": {}}

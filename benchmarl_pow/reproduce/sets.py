@@ -12,7 +12,7 @@ learner call, ``model=rnn_agent``) takes 11–14 s, so 32k frames are 4–5 minu
 last 200 steps and stay under ten while they are longer than ~90 steps; intersection episodes last
 at most 100 steps (far fewer when cars crash), hence 16k frames. The intervals are multiples of
 1,600 frames, so that ``regime=frames`` (BenchMARL's check: a multiple of the collected batch)
-accepts them too. In the episode regime the replay buffer is dumped beside each checkpoint as
+accepts them too. In the episode regime the replay buffer is dumped beside the newest checkpoint as
 TorchRL memory-mapped files (``EpisodeExperiment._save_experiment``: seconds for the 4 GB of the
 paper's 5,000-episode buffer), so a resumed run continues exactly; ``--no-buffer`` leaves it out
 (a resumed run then refills its buffer).

@@ -299,3 +299,14 @@ def test_checkpoint_with_a_cut_short_replay_dump_is_skipped(tmp_path: Path) -> N
     cut.mkdir(parents=True)
     (cut / "observation.memmap").write_bytes(b"\0" * 8)
     assert last_checkpoint(tmp_path / "seed_0").endswith("checkpoint_20.pt")
+
+
+def test_wall_time_from_the_runs_own_clock(tmp_path: Path) -> None:
+    """Attempts killed at a session's end record nothing; the run's checkpointed clock does."""
+    from benchmarl_pow.reproduce.results import _logged_total_time
+
+    assert _logged_total_time(tmp_path) is None
+    scalars = tmp_path / "run" / "scalars"
+    scalars.mkdir(parents=True)
+    (scalars / "timers_total_time.csv").write_text("0,10.5\n1,21.0\n2,7300.25\n")
+    assert _logged_total_time(tmp_path / "run") == 7300.25

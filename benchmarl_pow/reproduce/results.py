@@ -89,8 +89,25 @@ def _job_records(run: Run) -> None:
     attempts = read_attempts(seed_folder)
     walls = [a["wall_s"] for a in attempts if a.get("wall_s") is not None]
     run.wall_s = sum(walls) if walls else None
+    # BenchMARL's own clock (checkpointed, so it spans resumes, and it also covers attempts that
+    # were killed before they could record themselves, e.g. at the end of a working session)
+    logged = _logged_total_time(run.path.parent)
+    if logged is not None and (run.wall_s is None or logged > run.wall_s):
+        run.wall_s = logged
     run.hosts = sorted({a["host"] for a in attempts if a.get("host")})
     run.overrides = list(read_status(seed_folder).get("overrides", []))
+
+
+def _logged_total_time(run_folder: Path) -> float | None:
+    """The last ``timers/total_time`` (seconds of training iterations, evaluations included) that
+    the run's CSV logger wrote, or None."""
+    for path in Path(run_folder).rglob("timers_total_time.csv"):
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        try:
+            return float(rows[-1].split(",")[1])
+        except (IndexError, ValueError):
+            return None
+    return None
 
 
 def _mean(values: list) -> float:
@@ -308,7 +325,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
         "best evaluation; then mean ± Student-t 95 % CI over seeds (± 0 for one seed). paper: "
         "Table 1 (predator-prey returns, intersection = Crossroads win rates); matrix game: payoff "
         "of the greedy joint action of Fig. 2's learned tables. frames: env frames at the last "
-        "evaluation (the paper trained 5.05M). wall h / run: summed wall time of a run's job "
-        "attempts, mean over seeds (machines and overrides: summary.json)."
+        "evaluation (the paper trained 5.05M). wall h / run: the run's own training clock "
+        "(BenchMARL's timers/total_time, which spans resumes) or, if larger, the summed wall time "
+        "of its job attempts; mean over seeds (machines and overrides: summary.json)."
     )
     return "\n".join(lines) + "\n"

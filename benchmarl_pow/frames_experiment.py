@@ -77,7 +77,7 @@ class FramesExperiment(ResumableMixin, Experiment):
             )
         self.regime = regime
         super().__init__(*args, **kwargs)
-        self._write_regime_file()
+        self._write_run_files()
 
     # -------------------------------------------------------------- checkpoint
     def _live_collector(self) -> Collector | None:

@@ -200,7 +200,7 @@ class ResumableMixin:
     ``state_dict`` adds :meth:`_resume_state` under ``"resume"``; ``load_state_dict`` restores it
     and rewinds the run folder's files to the checkpoint; :meth:`_restore_rng` must be called
     when the collection loop starts. The subclass sets ``self.regime`` before
-    ``Experiment.__init__`` and calls :meth:`_write_regime_file` after it.
+    ``Experiment.__init__`` and calls :meth:`_write_run_files` after it.
     """
 
     regime: RegimeConfig
@@ -217,7 +217,7 @@ class ResumableMixin:
             marker.unlink(missing_ok=True)
 
     # ------------------------------------------------------------- pieces
-    def _write_regime_file(self) -> None:
+    def _write_run_files(self) -> None:
         """``regime.json`` in the run folder (:func:`reload_run` builds the right class from it)
         and ``identity.json`` (algorithm, task and model, as the folder's name gives them:
         a checkpoint of a renamed folder is still refused for another run)."""

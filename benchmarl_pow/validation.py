@@ -475,10 +475,18 @@ def check_checkpoint_file(
         ) from None
     if not isinstance(state, Mapping) or "state" not in state:
         raise ConfigError(key, str(checkpoint), "not an experiment checkpoint (no 'state' entry)")
-    from benchmarl_pow.episodes.replay import replay_dump_is_complete
+    if with_replay:
+        check_replay_dump(path, key)
+    return dict(state)
 
-    dump = path.with_suffix(".buffers")
-    if with_replay and dump.is_dir() and not replay_dump_is_complete(dump):
+
+def check_replay_dump(checkpoint: str | Path, key: str = "checkpoint") -> None:
+    """Refuse ``checkpoint`` when the replay dump beside it (``checkpoint_N.buffers``) exists but
+    was cut short while it was written. Raises :class:`ConfigError`."""
+    from benchmarl_pow.episodes.replay import replay_dump_is_complete  # (it imports this module)
+
+    dump = Path(checkpoint).with_suffix(".buffers")
+    if dump.is_dir() and not replay_dump_is_complete(dump):
         raise ConfigError(
             key,
             str(checkpoint),
@@ -486,7 +494,6 @@ def check_checkpoint_file(
             "from an older checkpoint, or without the replay "
             "(experiment.exclude_buffer_from_checkpoint=true)",
         )
-    return dict(state)
 
 
 def check_checkpoint_matches(

@@ -30,9 +30,9 @@ from torchrl.objectives import HardUpdate
 
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.layout import VALID_KEY, episodes_from_rollout
-from benchmarl_pow.episodes.replay import make_episode_buffer, replay_dump_is_complete
+from benchmarl_pow.episodes.replay import make_episode_buffer
 from benchmarl_pow.resumable import REGIME_FILE, ResumableMixin, reload_run
-from benchmarl_pow.validation import ConfigError
+from benchmarl_pow.validation import check_replay_dump
 
 __all__ = ["REGIME_FILE", "EpisodeExperiment", "EpisodeExperimentConfig"]
 
@@ -108,7 +108,7 @@ class EpisodeExperiment(ResumableMixin, Experiment):
         if "config" in kwargs:
             kwargs["config"] = EpisodeExperimentConfig.of(kwargs["config"])
         super().__init__(*args, **kwargs)
-        self._write_regime_file()
+        self._write_run_files()
 
     # ------------------------------------------------------------------ set-up
     def _setup_algorithm(self) -> None:
@@ -212,14 +212,7 @@ class EpisodeExperiment(ResumableMixin, Experiment):
                 stacklevel=2,
             )
             return
-        if not replay_dump_is_complete(folder):
-            raise ConfigError(
-                "checkpoint",
-                str(restore),
-                f"its replay dump {folder.name} is incomplete (cut short while it was written): "
-                "resume from an older checkpoint, or without the replay "
-                "(experiment.exclude_buffer_from_checkpoint=true)",
-            )
+        check_replay_dump(restore)
         for group, buffer in self.replay_buffers.items():
             if (folder / group).is_dir():
                 buffer.loads(folder / group)

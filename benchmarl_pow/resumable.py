@@ -51,7 +51,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.run_files import rewind_records, rewind_scalars
 from benchmarl_pow.evaluation_log import EVALUATIONS_LOG, merge_previous_evaluations
-from benchmarl_pow.validation import IDENTITY_FILE
+from benchmarl_pow.validation import IDENTITY_FILE, ConfigError
 
 #: the run folder's record of its regime (:class:`RegimeConfig` as JSON)
 REGIME_FILE = "regime.json"
@@ -78,6 +78,19 @@ def live_owner(run_folder: str | Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return pid
+
+
+def check_not_live(checkpoint: str | Path, key: str = "checkpoint") -> None:
+    """Refuse to restore ``checkpoint`` while a process trains its run folder: restoring rewinds
+    that folder's files to the checkpoint. Raises :class:`ConfigError` naming ``key``."""
+    owner = live_owner(Path(checkpoint).resolve().parent.parent)
+    if owner is not None:
+        raise ConfigError(
+            key,
+            str(checkpoint),
+            f"its run is still in progress (pid {owner}); stop it first "
+            "(`python -m benchmarl_pow.evaluate` scores a checkpoint of a live run)",
+        )
 
 
 def rewind_text_log(path: Path, frames: int) -> None:

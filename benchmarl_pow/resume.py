@@ -26,7 +26,7 @@ import torch
 from benchmarl.experiment import Experiment
 
 import benchmarl_pow  # noqa: F401  (registers our algorithms and tasks)
-from benchmarl_pow.resumable import live_owner, reload_run
+from benchmarl_pow.resumable import check_not_live, reload_run
 from benchmarl_pow.validation import (
     ConfigError,
     check_checkpoint_file,
@@ -57,15 +57,8 @@ def load_run(checkpoint: str | Path, experiment_patch: dict[str, Any] | None = N
             str(checkpoint),
             f"no config.pkl in its run folder {run_folder} (expected <run>/checkpoints/<file>.pt)",
         )
-    owner = live_owner(run_folder)
-    if owner is not None and not (experiment_patch or {}).get("save_folder"):
-        # resuming rewinds the run folder's files to the checkpoint: never under a live run
-        raise ConfigError(
-            "checkpoint",
-            str(checkpoint),
-            f"its run is still in progress (pid {owner}); stop it first "
-            "(`python -m benchmarl_pow.evaluate` scores a checkpoint of a live run)",
-        )
+    if not (experiment_patch or {}).get("save_folder"):  # (another folder: nothing rewound)
+        check_not_live(path)
     try:
         # dispatches on the run folder's regime.json: EpisodeExperiment or FramesExperiment
         return reload_run(str(path), experiment_patch=experiment_patch)

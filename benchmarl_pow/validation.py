@@ -544,13 +544,9 @@ def validate_config(cfg: DictConfig, choices: Mapping[str, Any]) -> None:
         check_checkpoint_file(
             restore, key, with_replay=not cfg.experiment.get("exclude_buffer_from_checkpoint", False)
         )
-        from benchmarl_pow.resumable import live_owner  # (it imports this module)
+        from benchmarl_pow.resumable import check_not_live  # (it imports this module)
 
-        owner = live_owner(Path(restore).resolve().parent.parent)
-        if owner is not None:
-            raise ConfigError(
-                key, restore, f"its run is still in progress (pid {owner}): stop it first"
-            )
+        check_not_live(restore, key)
         if algorithm is not None and task is not None:
             model = cfg.model.get("name") if "layers" not in cfg.model else None
             check_checkpoint_matches(restore, run_identity(algorithm, task, model), key)

@@ -7,15 +7,17 @@ written (so the resumed run must rewind the rows logged past it).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
+from resume_helpers import assert_same_run_files, json_returns, run_files
 
 from benchmarl_pow.compose import compose_experiment
 from benchmarl_pow.episodes import EpisodeExperiment
 from benchmarl_pow.resume import load_run
+from benchmarl_pow.validation import ConfigError
 
 OVERRIDES = [
     "algorithm=pow_qmix",
@@ -40,17 +42,6 @@ OVERRIDES = [
     "experiment.keep_checkpoints_num=null",
     "experiment.max_n_frames=null",
 ]
-
-
-def _files(folder: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in (".csv", ".json", ".jsonl") and "checkpoints" not in path.parts:
-            text = path.read_text()
-            if path.suffix == ".json":
-                text = json.dumps(json.loads(text), sort_keys=True)
-            out[str(path.relative_to(folder)).replace(folder.name, "RUN")] = text
-    return out
 
 
 def _params(experiment) -> list[torch.Tensor]:
@@ -95,25 +86,10 @@ def test_resume_continues_exactly(tmp_path):
     assert resumed.episodes == straight.episodes
     for p, q in zip(_params(straight), _params(resumed)):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    files_a, files_b = _files(folder_a), _files(folder_b)
-    assert set(files_a) == set(files_b)
-    for name, text in files_a.items():
-        if "timers" in name or name.endswith(".json"):
-            continue
-        assert files_b[name] == text, name
-    # the marl-eval JSON holds every evaluation once, with the same returns
-    json_a = json.loads((folder_a / f"{folder_a.name}.json").read_text())
-    json_b = json.loads((folder_b / f"{folder_b.name}.json").read_text())
-
-    def returns(data):
-        (tasks,) = data.values()
-        (algos,) = tasks.values()
-        (seeds,) = algos.values()
-        (run,) = seeds.values()
-        return {k: (v["step_count"], v["return"]) for k, v in run.items() if k.startswith("step_")}
-
-    assert returns(json_a) == returns(json_b)
-    assert len(returns(json_a)) >= 3
+    assert_same_run_files(folder_a, folder_b)
+    assert len(json_returns(folder_a)) >= 3
+    rows = next(folder_b.rglob("scalars/counters_iter.csv")).read_text().split()
+    assert len(rows) == 6
     # the newest checkpoint has its replay dump beside it, older ones none (gigabytes each)
     saved = sorted(
         (folder_b / "checkpoints").glob("*.pt"), key=lambda p: int(p.stem.split("_")[1])
@@ -122,11 +98,21 @@ def test_resume_continues_exactly(tmp_path):
         len(saved) - 1
     ) + [True]
     assert not list((folder_b / "checkpoints").glob("*.partial"))
-    rows = (next(folder_b.rglob("scalars/counters_iter.csv"))).read_text().split()
-    assert [int(r.split(",")[0]) for r in rows] == list(range(6))
     # the resume entry point rebuilds the episode regime from the run folder
     again = load_run(str(saved[-1]), experiment_patch={"max_n_iters": 8})
     assert isinstance(again, EpisodeExperiment) and again.n_iters_performed == 6
     assert len(again.replay_buffers["agents"]) == min(again.episodes, 16) > 0
     again.close()
+
+    # an older checkpoint whose replay dump was cut short is refused before the run folder's
+    # files are rewound to it, even loaded directly (not through resume or validate_config)
+    older = saved[-3]
+    cut = EpisodeExperiment.buffer_dir(older)
+    shutil.copytree(EpisodeExperiment.buffer_dir(saved[-1]), cut)
+    for metadata in cut.rglob("buffer_metadata.json"):
+        metadata.unlink()
+    before = run_files(folder_b)
+    with pytest.raises(ConfigError, match="incomplete"):
+        EpisodeExperiment.reload_from_file(str(older))
+    assert run_files(folder_b) == before
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -212,7 +212,6 @@ class EpisodeExperiment(ResumableMixin, Experiment):
                 stacklevel=2,
             )
             return
-        check_replay_dump(restore)
         for group, buffer in self.replay_buffers.items():
             if (folder / group).is_dir():
                 buffer.loads(folder / group)
@@ -238,6 +237,9 @@ class EpisodeExperiment(ResumableMixin, Experiment):
         return state
 
     def load_state_dict(self, state_dict) -> None:
+        restore = self.config.restore_file
+        if restore and not self.config.exclude_buffer_from_checkpoint:
+            check_replay_dump(restore)  # before the run's files are rewound below
         super().load_state_dict(state_dict)
         self._load_buffers()
         for key, value in state_dict.get("episodes", {}).items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +94,77 @@ class ProjectTask(Task):
         return self.associated_class()(name=self.name, config=config)
 
 
+def task_enum(
+    name: str,
+    members: Iterable[str],
+    task_class: type[TaskClass],
+    config: type,
+    module: str,
+) -> type[ProjectTask]:
+    """A :class:`ProjectTask` enum ``name`` with one member per entry of ``members`` (task
+    ``<env>/<member>``; member ``MEMBER.upper()``), for task lists given as data (map names that
+    start with digits cannot be class attributes). ``module`` is the defining module's
+    ``__name__``, so that members pickle."""
+
+    class _Task(ProjectTask):
+        @staticmethod
+        def associated_class() -> type[TaskClass]:
+            return task_class
+
+        @staticmethod
+        def config_class() -> type:
+            return config
+
+    return _Task(name, [(m.upper(), None) for m in members], module=module, qualname=name)
+
+
 def smac_layout_specs(
-    group: str, batch: int, n_agents: int, n_actions: int, device: Any
-) -> tuple[Composite, Composite, Composite]:
-    """The action, reward and done specs of a batched env laid out like BenchMARL's ``smacv2``
-    tasks: categorical ``(group, "action")`` ``[B, n]``, a root team reward ``[B, 1]`` and root
-    ``done``/``terminated``/``truncated`` ``[B, 1]``."""
+    group: str,
+    batch: int,
+    n_agents: int,
+    n_actions: int,
+    device: Any,
+    obs_dim: int,
+    state_dim: int,
+) -> tuple[Composite, Composite, Composite, Composite]:
+    """The observation, action, reward and done specs of a batched env laid out like BenchMARL's
+    ``smacv2`` tasks: ``(group, "observation")`` ``[B, n, obs_dim]`` and boolean
+    ``(group, "action_mask")`` ``[B, n, n_actions]``, a root ``state`` ``[B, state_dim]`` and a
+    root ``info`` (``battle_won``, ``episode_limit`` flags, ``dead_allies``, ``dead_enemies``
+    counts, ``[B]``); categorical ``(group, "action")`` ``[B, n]``, a root team reward ``[B, 1]``
+    and root ``done``/``terminated``/``truncated`` ``[B, 1]``."""
+
+    def flag(*shape: int) -> Categorical:
+        return Categorical(n=2, shape=shape, dtype=torch.bool, device=device)
+
+    def count() -> Unbounded:
+        return Unbounded(shape=(batch,), dtype=torch.long, device=device)
+
+    observation = Composite(
+        {
+            group: Composite(
+                {
+                    "observation": Unbounded(shape=(batch, n_agents, obs_dim), device=device),
+                    "action_mask": flag(batch, n_agents, n_actions),
+                },
+                shape=(batch, n_agents),
+                device=device,
+            ),
+            "state": Unbounded(shape=(batch, state_dim), device=device),
+            "info": Composite(
+                {
+                    "battle_won": flag(batch),
+                    "episode_limit": flag(batch),
+                    "dead_allies": count(),
+                    "dead_enemies": count(),
+                },
+                shape=(batch,),
+                device=device,
+            ),
+        },
+        shape=(batch,),
+        device=device,
+    )
     action = Composite(
         {
             group: Composite(
@@ -119,7 +185,7 @@ def smac_layout_specs(
         shape=(batch,),
         device=device,
     )
-    return action, reward, done
+    return observation, action, reward, done
 
 
 class SmacLayoutClass(TaskClass):

@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from benchmarl.environments.common import TaskClass
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Bounded, Categorical, Composite
 from torchrl.envs import EnvBase
 
 from custom_envs.common import ProjectTask, SmacLayoutClass, smac_layout_specs
@@ -153,39 +152,19 @@ class FakeSmacv2Env(EnvBase):
 
     # ------------------------------------------------------------------ specs
     def _make_specs(self) -> None:
-        b, n, a, dev = self.num_envs, self.n_agents, self.n_actions, self.device
-        bool_spec = lambda *shape: Categorical(n=2, shape=shape, dtype=torch.bool, device=dev)  # noqa: E731
-        self.full_observation_spec = Composite(
-            {
-                self.group: Composite(
-                    {
-                        "observation": Bounded(
-                            low=-1.0, high=1.0, shape=(b, n, self.obs_dim), device=dev
-                        ),
-                        "action_mask": bool_spec(b, n, a),
-                    },
-                    shape=(b, n),
-                    device=dev,
-                ),
-                "state": Bounded(low=-1.0, high=1.0, shape=(b, self.state_dim), device=dev),
-                "info": Composite(
-                    {
-                        "battle_won": bool_spec(b),
-                        "episode_limit": bool_spec(b),
-                        "dead_allies": Bounded(0, n, shape=(b,), dtype=torch.long, device=dev),
-                        "dead_enemies": Bounded(
-                            0, self.n_enemies, shape=(b,), dtype=torch.long, device=dev
-                        ),
-                    },
-                    shape=(b,),
-                    device=dev,
-                ),
-            },
-            shape=(b,),
-            device=dev,
-        )
-        self.full_action_spec, self.full_reward_spec, self.full_done_spec = smac_layout_specs(
-            self.group, b, n, a, dev
+        (
+            self.full_observation_spec,
+            self.full_action_spec,
+            self.full_reward_spec,
+            self.full_done_spec,
+        ) = smac_layout_specs(
+            self.group,
+            self.num_envs,
+            self.n_agents,
+            self.n_actions,
+            self.device,
+            obs_dim=self.obs_dim,
+            state_dim=self.state_dim,
         )
 
     def _set_seed(self, seed: int | None) -> None:

@@ -23,13 +23,12 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
-from benchmarl.environments.common import TaskClass
 from benchmarl.environments.smacv2.common import Smacv2Class
 from tensordict import TensorDictBase
 from torchrl.data import Composite
 from torchrl.envs import EnvBase, Transform
 
-from custom_envs.common import ProjectTask
+from custom_envs.common import task_enum
 
 __all__ = [
     "SMAC_MAPS",
@@ -142,23 +141,9 @@ class SmacClass(PaperSmacv2Class):
         return "smac"
 
 
-class _SmacTaskBase(ProjectTask):
-    """Logic of :data:`SmacTask` (its members are made below: map names start with digits)."""
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return SmacClass
-
-    @staticmethod
-    def config_class() -> type:
-        return SmacConfig
-
-
 #: SMAC v1 maps, one member per :data:`SMAC_MAPS` entry (``SmacTask["3S_VS_5Z"]``; task name
 #: ``smac/3s_vs_5z``).
-SmacTask = _SmacTaskBase(
-    "SmacTask", [(name.upper(), None) for name in SMAC_MAPS], module=__name__, qualname="SmacTask"
-)
+SmacTask = task_enum("SmacTask", SMAC_MAPS, SmacClass, SmacConfig, __name__)
 
 
 @dataclasses.dataclass
@@ -210,24 +195,13 @@ class Smacv2PaperConfig:
             )
 
 
-class _Smacv2PaperTaskBase(ProjectTask):
-    """BenchMARL's SMACv2 task logic with this project's yamls (the paper's settings)."""
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return PaperSmacv2Class
-
-    @staticmethod
-    def config_class() -> type:
-        return Smacv2PaperConfig
-
-
 #: ``smacv2/{protoss,terran,zerg}_5_vs_5`` with the paper's settings. Registered over BenchMARL's
 #: entries of the same names, so the CLI and ``get_from_yaml()`` read the same yaml; BenchMARL's other
 #: ``smacv2/*`` tasks are unchanged.
-Smacv2PaperTask = _Smacv2PaperTaskBase(
+Smacv2PaperTask = task_enum(
     "Smacv2PaperTask",
-    [(f"{race.upper()}_5_VS_5", None) for race in ("protoss", "terran", "zerg")],
-    module=__name__,
-    qualname="Smacv2PaperTask",
+    [f"{race}_5_vs_5" for race in ("protoss", "terran", "zerg")],
+    PaperSmacv2Class,
+    Smacv2PaperConfig,
+    __name__,
 )

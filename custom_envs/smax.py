@@ -51,12 +51,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchmarl.environments.common import TaskClass
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask, SmacLayoutClass, smac_layout_specs
+from custom_envs.common import SmacLayoutClass, smac_layout_specs, task_enum
 
 __all__ = [
     "SMAX_MAPS",
@@ -602,38 +600,19 @@ class SmaxEnv(EnvBase):
 
     # ------------------------------------------------------------------ specs
     def _make_specs(self) -> None:
-        b, n, a, dev = self.num_envs, self.n_agents, self.n_actions, self.device
-
-        def flag(*shape: int) -> Categorical:
-            return Categorical(n=2, shape=shape, dtype=torch.bool, device=dev)
-
-        self.full_observation_spec = Composite(
-            {
-                self.group: Composite(
-                    {
-                        "observation": Unbounded(shape=(b, n, self.obs_dim), device=dev),
-                        "action_mask": flag(b, n, a),
-                    },
-                    shape=(b, n),
-                    device=dev,
-                ),
-                "state": Unbounded(shape=(b, self.state_dim), device=dev),
-                "info": Composite(
-                    {
-                        "battle_won": flag(b),
-                        "episode_limit": flag(b),
-                        "dead_allies": Unbounded(shape=(b,), dtype=torch.long, device=dev),
-                        "dead_enemies": Unbounded(shape=(b,), dtype=torch.long, device=dev),
-                    },
-                    shape=(b,),
-                    device=dev,
-                ),
-            },
-            shape=(b,),
-            device=dev,
-        )
-        self.full_action_spec, self.full_reward_spec, self.full_done_spec = smac_layout_specs(
-            self.group, b, n, a, dev
+        (
+            self.full_observation_spec,
+            self.full_action_spec,
+            self.full_reward_spec,
+            self.full_done_spec,
+        ) = smac_layout_specs(
+            self.group,
+            self.num_envs,
+            self.n_agents,
+            self.n_actions,
+            self.device,
+            obs_dim=self.obs_dim,
+            state_dim=self.state_dim,
         )
 
     # ------------------------------------------------------------------ torch side
@@ -765,23 +744,6 @@ class SmaxClass(SmacLayoutClass):
         return "smax"
 
 
-class _SmaxTaskBase(ProjectTask):
-    """Logic of :data:`SmaxTask` (its members are made below: map names start with digits)."""
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return SmaxClass
-
-    @staticmethod
-    def config_class() -> type:
-        return SmaxConfig
-
-
 #: SMAX maps of JaxMARL (StarCraft-free SMAC), one member per :data:`SMAX_MAPS` entry
 #: (``SmaxTask["3S_VS_5Z"]``; task name ``smax/3s_vs_5z``). Extra ``smax``.
-SmaxTask = _SmaxTaskBase(
-    "SmaxTask",
-    [(name.upper(), None) for name in SMAX_MAPS],
-    module=__name__,
-    qualname="SmaxTask",
-)
+SmaxTask = task_enum("SmaxTask", SMAX_MAPS, SmaxClass, SmaxConfig, __name__)

@@ -40,7 +40,7 @@ class MemoryProbe(Callback):
         self.full_at: int | None = None
 
     def _record(self, label: str) -> None:
-        frames = int(self.experiment.total_frames)
+        frames = int(getattr(self.experiment, "total_frames", 0))  # (set when the loop starts)
         self.records.append((label, frames, rss_mb()))
         print(f"[soak] {label:>12s} frames {frames:>9d}  rss {rss_mb():8.1f} MiB", flush=True)
 

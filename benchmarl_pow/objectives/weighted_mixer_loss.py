@@ -88,7 +88,9 @@ class WeightedMixerLoss(LossModule):
         state_key: root key of the global state, or None to use the concatenated observations.
         mixer_loss_coef, central_loss_coef: 0.5 or 1.0 factors of pow_spec.md §3.
         recognition_updates, first_recognition_updates: Q_r steps per call (first call).
-        recognition_batch_fraction: fraction of the batch drawn for each Q_r step (1 = all).
+        recognition_batch_fraction: fraction of the valid samples each Q_r step trains on, a
+            fresh subset of distinct samples per step (1 = all, faithful; 0.4 is the documented
+            cheap option, README "POW's settings").
         recognition_clip: max global grad norm of a Q_r step (over Q_r's own parameters).
         recognition_lr: learning rate of the fallback Q_r optimiser (used only when no optimiser
             was attached, e.g. outside an Experiment).
@@ -630,8 +632,8 @@ class WeightedMixerLoss(LossModule):
         loss = torch.zeros(())
         for _ in range(steps):
             with torch.autocast(dq.device.type, dtype=torch.bfloat16, enabled=bf16):
-                if n_draw < n_samples:
-                    idx = torch.randint(n_samples, (n_draw,), device=dq.device)
+                if n_draw < n_samples:  # distinct samples, a fresh subset each step
+                    idx = torch.randperm(n_samples, device=dq.device)[:n_draw]
                     q_r, _ = self.recognition_mixer(dq[idx], s[idx], oh[idx])
                     y_step = y[idx]
                 else:

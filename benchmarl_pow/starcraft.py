@@ -49,6 +49,9 @@ REGIME_DEFAULTS: tuple[tuple[str, str], ...] = (
     ("model", "rnn_agent"),
     ("experiment.max_n_frames", "10050000"),
     ("experiment.evaluation_episodes", "32"),
+    # faster than predator-prey per frame (shorter episodes, fewer agents): pymarl2's 32k would
+    # dump the replay every minute or so
+    ("experiment.checkpoint_interval", "200000"),
 )
 
 SMACV2_REPO = "https://github.com/oxwhirl/smacv2"

@@ -65,6 +65,15 @@ def test_experiment_presets_compose_and_validate(experiment):
     assert config.loggers == ["csv"]
 
 
+@pytest.mark.parametrize("experiment", ["pymarl2", "intersection"])
+def test_long_run_presets_checkpoint_and_keep_few(experiment):
+    """The paper's long runs checkpoint by default (an interruption loses a few minutes of one
+    core at most) and keep a bounded number of checkpoints."""
+    cfg = _compose(f"experiment={experiment}", "algorithm=pow_qmix", "task=predator_prey/punish_4")
+    assert 0 < cfg.experiment.checkpoint_interval <= 32_000
+    assert cfg.experiment.keep_checkpoints_num == 2
+
+
 def test_benchmarl_configs_still_resolve():
     cfg = _compose("algorithm=qmix", "task=vmas/balance", "model=layers/gru", "experiment=base_experiment")
     assert cfg.algorithm.mixing_embed_dim == 32

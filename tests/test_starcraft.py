@@ -137,6 +137,7 @@ def test_regime_added_for_smac_family_only_without_experiment():
         "model=rnn_agent",
         "experiment.max_n_frames=10050000",
         "experiment.evaluation_episodes=32",
+        "experiment.checkpoint_interval=200000",
     ]
     assert starcraft.regime_overrides([*base, "experiment=smoke"]) == []
     assert "model=rnn_agent" not in starcraft.regime_overrides([*base, "model=layers/gru"])

@@ -68,9 +68,12 @@ TABLE1_ALGORITHMS = (
 SMOKE = ("experiment=smoke", "experiment.checkpoint_interval=20")
 
 #: The paper's SMAC/SMACv2 regime, as ``run.py`` completes a ``smax/*`` command line, less its
-#: length (``experiment.max_n_frames``: 10.05M frames), which each budget sets.
+#: length (``experiment.max_n_frames``: 10.05M frames) and checkpoint interval, which each budget
+#: sets.
 SMAC_REGIME = tuple(
-    f"{key}={value}" for key, value in REGIME_DEFAULTS if key != "experiment.max_n_frames"
+    f"{key}={value}"
+    for key, value in REGIME_DEFAULTS
+    if key not in ("experiment.max_n_frames", "experiment.checkpoint_interval")
 )
 SMAC_PAPER_FRAMES = dict(REGIME_DEFAULTS)["experiment.max_n_frames"]
 

@@ -120,6 +120,7 @@ def main() -> None:
                 "experiment.loggers=[]",
                 "experiment.create_json=False",
                 "experiment.evaluation=False",
+                "experiment.checkpoint_interval=0",  # (pymarl2 checkpoints: not timed here)
             ],
             save_folder=mkdtemp(),
             callbacks=[],

@@ -76,6 +76,7 @@ def record(args: argparse.Namespace) -> None:
         "experiment.loggers=[]",
         "experiment.create_json=False",
         "experiment.evaluation=False",
+        "experiment.checkpoint_interval=0",
         f"seed={args.seed}",
     ]
     if args.no_weighted_steps is not None:

@@ -79,6 +79,7 @@ class Timed:
                 "experiment.loggers=[]",
                 "experiment.create_json=False",
                 "experiment.evaluation=False",
+                "experiment.checkpoint_interval=0",  # (pymarl2 checkpoints: not timed here)
                 f"regime.buffer_episodes={buffer}",
                 f"seed={seed}",
                 *overrides,

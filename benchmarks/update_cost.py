@@ -106,6 +106,7 @@ def build(algorithm: str, fraction: float):
         f"algorithm={algorithm}", "task=predator_prey/punish_4", "experiment=pymarl2",
         "model=rnn_agent", f"model.hidden_size={HIDDEN}", f"model.input_embed={HIDDEN}",
         "experiment.loggers=[]", "experiment.evaluation=False", "experiment.create_json=False",
+        "experiment.checkpoint_interval=0",
     ]
     if algorithm.startswith("pow"):
         overrides.append(f"algorithm.recognition_batch_fraction={fraction}")

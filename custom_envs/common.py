@@ -100,11 +100,12 @@ def task_enum(
     task_class: type[TaskClass],
     config: type,
     module: str,
+    doc: str | None = None,
 ) -> type[ProjectTask]:
     """A :class:`ProjectTask` enum ``name`` with one member per entry of ``members`` (task
     ``<env>/<member>``; member ``MEMBER.upper()``), for task lists given as data (map names that
     start with digits cannot be class attributes). ``module`` is the defining module's
-    ``__name__``, so that members pickle."""
+    ``__name__``, so that members pickle; ``doc`` its docstring."""
 
     class _Task(ProjectTask):
         @staticmethod
@@ -115,7 +116,9 @@ def task_enum(
         def config_class() -> type:
             return config
 
-    return _Task(name, [(m.upper(), None) for m in members], module=module, qualname=name)
+    tasks = _Task(name, [(m.upper(), None) for m in members], module=module, qualname=name)
+    tasks.__doc__ = doc
+    return tasks
 
 
 def smac_layout_specs(
@@ -186,6 +189,28 @@ def smac_layout_specs(
         device=device,
     )
     return observation, action, reward, done
+
+
+class SmacLayoutEnv:
+    """Mixin of a batched :class:`EnvBase` laid out like BenchMARL's ``smacv2`` tasks: sets the
+    specs of :func:`smac_layout_specs` from the env's ``group``, ``num_envs``, ``n_agents``,
+    ``n_actions``, ``obs_dim``, ``state_dim`` and ``device``."""
+
+    def set_smac_layout_specs(self) -> None:
+        (
+            self.full_observation_spec,
+            self.full_action_spec,
+            self.full_reward_spec,
+            self.full_done_spec,
+        ) = smac_layout_specs(
+            self.group,
+            self.num_envs,
+            self.n_agents,
+            self.n_actions,
+            self.device,
+            obs_dim=self.obs_dim,
+            state_dim=self.state_dim,
+        )
 
 
 class SmacLayoutClass(TaskClass):

@@ -40,11 +40,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from benchmarl.environments.common import TaskClass
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask, SmacLayoutClass, smac_layout_specs
+from custom_envs.common import SmacLayoutClass, SmacLayoutEnv, task_enum
 
 __all__ = [
     "ATTACK_OFFSET",
@@ -106,7 +105,7 @@ class FakeSmacv2Config:
             raise ValueError("fake_smacv2 config: 'enemy_hit_prob' must be <= 1")
 
 
-class FakeSmacv2Env(EnvBase):
+class FakeSmacv2Env(SmacLayoutEnv, EnvBase):
     """Batched fake SMACv2 battle; see the module docstring for rules and layout.
 
     Args:
@@ -138,7 +137,7 @@ class FakeSmacv2Env(EnvBase):
         self.state_dim = 3 * (cfg.n_agents + cfg.n_enemies) + cfg.n_agents * self.n_actions
         self.group_map = {self.group: [str(i) for i in range(cfg.n_agents)]}
         self._moves = torch.tensor(((0, 0),) * 2 + MOVES, dtype=torch.long, device=device)
-        self._make_specs()
+        self.set_smac_layout_specs()
         b, n, m = num_envs, self.n_agents, self.n_enemies
         self._a_pos = torch.zeros(b, n, 2, dtype=torch.long, device=device)
         self._e_pos = torch.zeros(b, m, 2, dtype=torch.long, device=device)
@@ -149,23 +148,6 @@ class FakeSmacv2Env(EnvBase):
         if seed is None:
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
         self.set_seed(seed)
-
-    # ------------------------------------------------------------------ specs
-    def _make_specs(self) -> None:
-        (
-            self.full_observation_spec,
-            self.full_action_spec,
-            self.full_reward_spec,
-            self.full_done_spec,
-        ) = smac_layout_specs(
-            self.group,
-            self.num_envs,
-            self.n_agents,
-            self.n_actions,
-            self.device,
-            obs_dim=self.obs_dim,
-            state_dim=self.state_dim,
-        )
 
     def _set_seed(self, seed: int | None) -> None:
         if seed is None:
@@ -325,15 +307,11 @@ class FakeSmacv2Class(SmacLayoutClass):
         return "fake_smacv2"
 
 
-class FakeSmacv2Task(ProjectTask):
-    """Fake SMACv2 tasks (for tests of the StarCraft path without StarCraft II)."""
-
-    BATTLE_5_VS_5 = None
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return FakeSmacv2Class
-
-    @staticmethod
-    def config_class() -> type:
-        return FakeSmacv2Config
+FakeSmacv2Task = task_enum(
+    "FakeSmacv2Task",
+    ["battle_5_vs_5"],
+    FakeSmacv2Class,
+    FakeSmacv2Config,
+    __name__,
+    doc='Fake SMACv2 tasks (for tests of the StarCraft path without StarCraft II).',
+)

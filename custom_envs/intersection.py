@@ -64,7 +64,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask
+from custom_envs.common import task_enum
 
 N_ACTIONS = 3
 GROUP = "agents"
@@ -498,18 +498,14 @@ class HighwayIntersectionClass(TaskClass):
         return "highway"
 
 
-class HighwayTask(ProjectTask):
-    """BenchMARL task enum of the highway-env environments of this project."""
-
-    INTERSECTION = None
-
-    @staticmethod
-    def associated_class():
-        return HighwayIntersectionClass
-
-    @staticmethod
-    def config_class() -> type:
-        return IntersectionConfig
+HighwayTask = task_enum(
+    "HighwayTask",
+    ["intersection"],
+    HighwayIntersectionClass,
+    IntersectionConfig,
+    __name__,
+    doc='BenchMARL task enum of the highway-env environments of this project.',
+)
 
 
 # --------------------------------------------------------------------------------------- metrics

@@ -24,7 +24,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Binary, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask
+from custom_envs.common import task_enum
 
 N_AGENTS = 2
 
@@ -331,17 +331,11 @@ class MatrixGameClass(TaskClass):
         return "matrix_game"
 
 
-class MatrixGameTask(ProjectTask):
-    """``matrix_game/*`` tasks: the paper's non-monotonic game and two classic ones."""
-
-    NONMONOTONIC = None
-    CLIMBING = None
-    PENALTY = None
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return MatrixGameClass
-
-    @staticmethod
-    def config_class() -> type:
-        return MatrixGameConfig
+MatrixGameTask = task_enum(
+    "MatrixGameTask",
+    ["nonmonotonic", "climbing", "penalty"],
+    MatrixGameClass,
+    MatrixGameConfig,
+    __name__,
+    doc="``matrix_game/*`` tasks: the paper's non-monotonic game and two classic ones.",
+)

@@ -62,7 +62,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from custom_envs.common import ProjectTask
+from custom_envs.common import task_enum
 
 __all__ = [
     "ACTION_NAMES",
@@ -838,17 +838,11 @@ class PredatorPreyClass(TaskClass):
         return "predator_prey"
 
 
-class PredatorPreyTask(ProjectTask):
-    """Predator-prey tasks: stag hunt without penalty, and with mis-capture penalties -4 and -5."""
-
-    STAG_HUNT = None
-    PUNISH_4 = None
-    PUNISH_5 = None
-
-    @staticmethod
-    def associated_class() -> type[TaskClass]:
-        return PredatorPreyClass
-
-    @staticmethod
-    def config_class() -> type:
-        return PredatorPreyConfig
+PredatorPreyTask = task_enum(
+    "PredatorPreyTask",
+    ["stag_hunt", "punish_4", "punish_5"],
+    PredatorPreyClass,
+    PredatorPreyConfig,
+    __name__,
+    doc='Predator-prey tasks: stag hunt without penalty, and with mis-capture penalties -4 and -5.',
+)

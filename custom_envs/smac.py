@@ -141,9 +141,17 @@ class SmacClass(PaperSmacv2Class):
         return "smac"
 
 
-#: SMAC v1 maps, one member per :data:`SMAC_MAPS` entry (``SmacTask["3S_VS_5Z"]``; task name
-#: ``smac/3s_vs_5z``).
-SmacTask = task_enum("SmacTask", SMAC_MAPS, SmacClass, SmacConfig, __name__)
+SmacTask = task_enum(
+    "SmacTask",
+    SMAC_MAPS,
+    SmacClass,
+    SmacConfig,
+    __name__,
+    doc=(
+        'SMAC v1 maps, one member per :data:`SMAC_MAPS` entry (``SmacTask["3S_VS_5Z"]``; task '
+        'name ``smac/3s_vs_5z``).'
+    ),
+)
 
 
 @dataclasses.dataclass
@@ -195,13 +203,15 @@ class Smacv2PaperConfig:
             )
 
 
-#: ``smacv2/{protoss,terran,zerg}_5_vs_5`` with the paper's settings. Registered over BenchMARL's
-#: entries of the same names, so the CLI and ``get_from_yaml()`` read the same yaml; BenchMARL's other
-#: ``smacv2/*`` tasks are unchanged.
 Smacv2PaperTask = task_enum(
     "Smacv2PaperTask",
     [f"{race}_5_vs_5" for race in ("protoss", "terran", "zerg")],
     PaperSmacv2Class,
     Smacv2PaperConfig,
     __name__,
+    doc=(
+        "``smacv2/{protoss,terran,zerg}_5_vs_5`` with the paper's settings. Registered over "
+        "BenchMARL's entries of the same names, so the CLI and ``get_from_yaml()`` read the same "
+        "yaml; BenchMARL's other ``smacv2/*`` tasks are unchanged."
+    ),
 )

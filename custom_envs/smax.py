@@ -54,7 +54,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from custom_envs.common import SmacLayoutClass, smac_layout_specs, task_enum
+from custom_envs.common import SmacLayoutClass, SmacLayoutEnv, task_enum
 
 __all__ = [
     "SMAX_MAPS",
@@ -536,7 +536,7 @@ class SmaxConfig:
             raise ValueError("smax config: 'attack_mode' must be 'closest' or 'random'")
 
 
-class SmaxEnv(EnvBase):
+class SmaxEnv(SmacLayoutEnv, EnvBase):
     """Batched SMAX battles (JaxMARL) as a TorchRL env; see the module docstring.
 
     Args:
@@ -573,7 +573,7 @@ class SmaxEnv(EnvBase):
         self.state_dim = int(env.state_size)
         self.episode_limit = cfg.max_steps
         self.group_map = {self.group: [f"ally_{i}" for i in range(self.n_agents)]}
-        self._make_specs()
+        self.set_smac_layout_specs()
         self._group_batch = torch.Size([num_envs, self.n_agents])
         self.fuse_reset = fuse_reset
         self._layouts = {
@@ -597,23 +597,6 @@ class SmaxEnv(EnvBase):
             self._merge()
             jx.row = self._fns.set_key(jx.row, key)
         jx.ready = None
-
-    # ------------------------------------------------------------------ specs
-    def _make_specs(self) -> None:
-        (
-            self.full_observation_spec,
-            self.full_action_spec,
-            self.full_reward_spec,
-            self.full_done_spec,
-        ) = smac_layout_specs(
-            self.group,
-            self.num_envs,
-            self.n_agents,
-            self.n_actions,
-            self.device,
-            obs_dim=self.obs_dim,
-            state_dim=self.state_dim,
-        )
 
     # ------------------------------------------------------------------ torch side
     def _views(self, buf: torch.Tensor, layout: _Layout) -> dict[str, torch.Tensor]:
@@ -744,6 +727,14 @@ class SmaxClass(SmacLayoutClass):
         return "smax"
 
 
-#: SMAX maps of JaxMARL (StarCraft-free SMAC), one member per :data:`SMAX_MAPS` entry
-#: (``SmaxTask["3S_VS_5Z"]``; task name ``smax/3s_vs_5z``). Extra ``smax``.
-SmaxTask = task_enum("SmaxTask", SMAX_MAPS, SmaxClass, SmaxConfig, __name__)
+SmaxTask = task_enum(
+    "SmaxTask",
+    SMAX_MAPS,
+    SmaxClass,
+    SmaxConfig,
+    __name__,
+    doc=(
+        'SMAX maps of JaxMARL (StarCraft-free SMAC), one member per :data:`SMAX_MAPS` entry '
+        '(``SmaxTask["3S_VS_5Z"]``; task name ``smax/3s_vs_5z``). Extra ``smax``.'
+    ),
+)

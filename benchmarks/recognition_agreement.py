@@ -48,9 +48,10 @@ fraction 0.3 (with replacement) 0.965 / 0.924 / 4.6 % / 0.26x; 0.4 (with replace
 0.946 / 3.0 % / 0.47x; 0.5 distinct with bf16 0.980 / 0.946 / 3.0 % / 0.31x.
 
 After POW's warm-up (``record --calls 30 --warm-calls 20 --warm-fraction 0.4
---no-weighted-steps 30000 --seed 1``: learner calls 20-50, weighting on), compounded, no restart:
-``ulp_floor`` 0.972 / 0.929 / 2.8 %; 0.4 distinct 0.969 / 0.912 / 3.0 %; 0.2 distinct 0.965 /
-0.936 / 2.5 %; bf16 0.968 / 0.942 / 3.2 %: all at the float-rounding floor.
+--no-weighted-steps 30000 --seed 1``: learner calls 20-50, weighting on). Per call (restart):
+0.4 distinct 0.984 / 0.957 / 1.4 %, bf16 0.999 / 0.998 / 0.1 %. Compounded, no restart:
+``ulp_floor`` 0.994 / 0.982 / 0.4 %; 0.4 distinct 0.962 / 0.933 / 2.3 %; 0.2 distinct 0.947 /
+0.929 / 3.8 % (fails); bf16 0.985 / 0.950 / 1.3 %.
 """
 
 from __future__ import annotations
@@ -194,7 +195,9 @@ class Variant:
         defaults = dict(start["optimizer_defaults"] or {"lr": 1e-3})
         self.optimizer = torch.optim.Adam(self.module.parameters(), **defaults)
         if start["optimizer"] is not None:
-            self.optimizer.load_state_dict(start["optimizer"])
+            # a copy: Adam's load_state_dict keeps the given moment tensors and updates them in
+            # place, so variants set up from one start would share (and corrupt) each other's
+            self.optimizer.load_state_dict(copy.deepcopy(start["optimizer"]))
         for group in self.optimizer.param_groups:
             group["lr"] = defaults["lr"] * self.lr_scale
         self.params = list(self.module.parameters())

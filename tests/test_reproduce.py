@@ -310,3 +310,40 @@ def test_wall_time_from_the_runs_own_clock(tmp_path: Path) -> None:
     scalars.mkdir(parents=True)
     (scalars / "timers_total_time.csv").write_text("0,10.5\n1,21.0\n2,7300.25\n")
     assert _logged_total_time(tmp_path / "run") == 7300.25
+
+
+def test_curves_show_each_seed_and_clip_a_wide_few_seed_band(tmp_path, monkeypatch):
+    """With two seeds far apart the 95 % CI (t = 12.7) dwarfs them: each seed is drawn, and the
+    y axis is limited to the seeds' values (and the paper's), saying so in the title."""
+    from benchmarl_pow.reproduce import plot as plot_module
+    from benchmarl_pow.reproduce.results import Run
+
+    frames = [10_000 * i for i in range(1, 6)]
+    runs = [
+        Run("predator_prey/punish_4", "pow_qmix", seed, tmp_path / f"{seed}.json", frames,
+            {"return": values})
+        for seed, values in ((0, [0.0, -50.0, -100.0, 10.0, 20.0]), (1, [0.0, -400.0, 0.0, 0.0, 0.0]))
+    ]
+    figures = []
+    real_pyplot = plot_module._pyplot
+
+    def keep_figures():
+        plt = real_pyplot()
+        real_subplots = plt.subplots
+
+        def subplots(*args, **kwargs):
+            fig, axes = real_subplots(*args, **kwargs)
+            figures.append(axes[0][0])
+            return fig, axes
+
+        monkeypatch.setattr(plt, "subplots", subplots)
+        return plt
+
+    monkeypatch.setattr(plot_module, "_pyplot", keep_figures)
+    (path,) = plot_module.plot_curves(runs, tmp_path)
+    assert path.is_file()
+    (ax,) = figures
+    bottom, top = ax.get_ylim()
+    assert -440 < bottom <= -400 and 40 <= top < 80  # seeds -400..20, paper 40
+    assert "clipped" in ax.get_title()
+    assert len(ax.lines) >= 3  # two seeds and the mean (plus the paper's line)

@@ -15,6 +15,7 @@ Writes under the output folder:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -61,16 +62,44 @@ def _slug(task: str) -> str:
 
 
 def _band(ax: Any, runs: Sequence[Run], metric: str, scale: float, color: str, **kw: Any) -> int:
-    """Mean line and shaded 95 % CI of ``metric`` over the runs; returns the number of seeds."""
+    """Each seed's curve (thin), the mean line and the shaded 95 % CI of ``metric`` over the
+    runs; returns the number of seeds."""
     c = curve(runs, metric)
     if not c.frames:
         return 0
+    if len(runs) > 1:
+        for run in runs:
+            ys = run.metrics.get(metric, [])
+            xs = [f / scale for f in run.frames[: len(ys)]]
+            ax.plot(xs, ys, color=color, linewidth=0.6, alpha=0.45, linestyle=kw.get("linestyle"))
     x = [f / scale for f in c.frames]
     ax.plot(x, c.mean, color=color, **kw)
     low = [m - h for m, h in zip(c.mean, c.ci)]
     high = [m + h for m, h in zip(c.mean, c.ci)]
     ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     return max(c.n)
+
+
+def _seed_range(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[float, float] | None:
+    """The range of the seeds' own values of ``metrics`` (NaN ignored), or None."""
+    values = [
+        v for r in runs for m in metrics for v in r.metrics.get(m, []) if not math.isnan(v)
+    ]
+    return (min(values), max(values)) if values else None
+
+
+def _clip_to_seeds(ax: Any, value_range: tuple[float, float] | None) -> bool:
+    """Limit the y axis to the seeds' values (plus a margin) where a few-seed CI band would
+    otherwise flatten them; returns whether it clipped."""
+    if value_range is None:
+        return False
+    lo, hi = value_range
+    margin = 0.08 * (hi - lo) if hi > lo else 1.0
+    bottom, top = ax.get_ylim()
+    if bottom >= lo - 2 * margin and top <= hi + 2 * margin:
+        return False
+    ax.set_ylim(lo - margin, hi + margin)
+    return True
 
 
 def plot_curves(runs: Sequence[Run], out: Path) -> list[Path]:
@@ -102,11 +131,29 @@ def plot_curves(runs: Sequence[Run], out: Path) -> list[Path]:
                 _band(axes[0][1], group, "captures", scale, color, label=f"{algorithm} captures")
                 _band(axes[0][1], group, "miscaptures", scale, color, linestyle="--")
         ax.set_ylabel("evaluation win rate" if metric == "win_rate" else "evaluation return")
-        ax.set_title(f"{task}: mean and 95% CI over seeds (dotted: paper, Table 1)", fontsize=10)
+        paper_values = [
+            v for a, v in PAPER_VALUES.get(task, {}).items() if a in algorithms and v is not None
+        ]
+        value_range = _seed_range(task_runs, [metric])
+        if value_range is not None and paper_values:
+            value_range = (min(value_range[0], *paper_values), max(value_range[1], *paper_values))
+        clipped = _clip_to_seeds(ax, value_range)
+        ax.set_title(
+            f"{task}: seeds (thin), mean and 95% CI (dotted: paper, Table 1)"
+            + ("\nCI band clipped to the seeds' range" if clipped else ""),
+            fontsize=10,
+        )
         panels = [ax]
         if captures:
+            clipped = _clip_to_seeds(
+                axes[0][1], _seed_range(task_runs, ["captures", "miscaptures"])
+            )
             axes[0][1].set_ylabel("per evaluation episode")
-            axes[0][1].set_title("captures (solid) and mis-captures (dashed)", fontsize=10)
+            axes[0][1].set_title(
+                "captures (solid) and mis-captures (dashed)"
+                + ("\nCI band clipped to the seeds' range" if clipped else ""),
+                fontsize=10,
+            )
             panels.append(axes[0][1])
         for panel in panels:
             panel.set_xlabel(xlabel)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarl_pow.reproduce.hydra_callbacks import read_attempts, read_status
-from benchmarl_pow.reproduce.sets import PAPER_VALUES, metric_for
+from benchmarl_pow.reproduce.sets import PAPER_VALUES, TABLE1_ALGORITHMS, metric_for
 
 #: two-sided 97.5 % Student-t quantiles by degrees of freedom (1..30); 1.96 beyond
 _T975 = (
@@ -25,21 +25,9 @@ _T975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 
-#: our algorithm config names; the JSON names them by class, lowercased without underscores
-KNOWN_ALGORITHMS = (
-    "pow_qmix",
-    "pow_vdn",
-    "pow_qplex",
-    "qmix_lambda",
-    "vdn_lambda",
-    "qplex",
-    "cw_qmix",
-    "ow_qmix",
-    "resq",
-    "qmix",
-    "vdn",
-    "iql",
-)
+#: our algorithm config names (Table 1's, the POW ablations, BenchMARL's value-based ones); the
+#: JSON names them by class, lowercased without underscores
+KNOWN_ALGORITHMS = (*TABLE1_ALGORITHMS, "pow_vdn", "pow_qplex", "qmix", "vdn", "iql")
 _BY_CLASS = {name.replace("_", ""): name for name in KNOWN_ALGORITHMS}
 
 

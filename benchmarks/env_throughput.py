@@ -55,6 +55,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -90,6 +91,40 @@ def _best_rate(run_steps, device: torch.device, window_s: float, repeats: int = 
     return best
 
 
+def _full_loop(env, gen: torch.Generator) -> Callable[[int], None]:
+    """``n`` steps of the whole TorchRL loop (random available actions, then
+    ``step_and_maybe_reset``), carrying the tensordict from one call to the next; starts from a
+    reset of ``env``."""
+    from custom_envs.predator_prey import random_available_actions
+
+    state = {"td": env.reset()}
+
+    def full(n: int) -> None:
+        td = state["td"]
+        for _ in range(n):
+            td["agents", "action"] = random_available_actions(td["agents", "action_mask"], gen)
+            _, td = env.step_and_maybe_reset(td)
+        state["td"] = td
+
+    return full
+
+
+def _raw_loop(env, gen: torch.Generator) -> Callable[[int], None]:
+    """``n`` raw ``env._step`` calls on one tensordict from a reset, cycling four random available
+    action sets drawn now (no spec checks, no reset: finished episodes are stepped on)."""
+    from custom_envs.predator_prey import random_available_actions
+
+    td = env.reset()
+    actions = [random_available_actions(td["agents", "action_mask"], gen).clone() for _ in range(4)]
+
+    def raw(n: int) -> None:
+        for i in range(n):
+            td.set(("agents", "action"), actions[i % 4])
+            env._step(td)
+
+    return raw
+
+
 def predator_prey_rows(
     batch_sizes=DEFAULT_BATCH_SIZES, device: str | torch.device = "cpu", window_s: float = 0.3
 ) -> list[dict]:
@@ -98,35 +133,17 @@ def predator_prey_rows(
     Returns one dict per batch size with keys ``batch``, ``steps_per_s``, ``env_steps_per_s`` and
     ``raw_env_steps_per_s``.
     """
-    from custom_envs.predator_prey import PredatorPreyEnv, random_available_actions
+    from custom_envs.predator_prey import PredatorPreyEnv
 
     device = torch.device(device)
     rows = []
     for batch in batch_sizes:
         env = PredatorPreyEnv(batch, seed=0, miscapture_punishment=-4.0, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
-        state = {"td": env.reset()}
-
-        def full(n: int, env=env, gen=gen, state=state) -> None:
-            td = state["td"]
-            for _ in range(n):
-                td["agents", "action"] = random_available_actions(td["agents", "action_mask"], gen)
-                _, td = env.step_and_maybe_reset(td)
-            state["td"] = td
-
+        full = _full_loop(env, gen)
         full(3)
         full_rate = _best_rate(full, device, window_s)
-
-        td = env.reset()
-        actions = [
-            random_available_actions(td["agents", "action_mask"], gen).clone() for _ in range(4)
-        ]
-
-        def raw(n: int, env=env, td=td, actions=actions) -> None:
-            for i in range(n):
-                td.set(("agents", "action"), actions[i % 4])
-                env._step(td)
-
+        raw = _raw_loop(env, gen)  # (the same env, reset again)
         raw(3)
         raw_rate = _best_rate(raw, device, window_s)
         rows.append(
@@ -199,7 +216,6 @@ def smax_rows(
     os.environ.setdefault(
         "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     )
-    from custom_envs.predator_prey import random_available_actions
 
     config = dict(
         map_name=map_name,
@@ -221,30 +237,10 @@ def smax_rows(
     for batch in batch_sizes:
         loops = {}
         for variant, make in makers.items():
-            env, gen = make(batch), torch.Generator().manual_seed(0)
-            state = {"td": env.reset()}
-
-            def full(n: int, env=env, gen=gen, state=state) -> None:
-                td = state["td"]
-                for _ in range(n):
-                    td["agents", "action"] = random_available_actions(
-                        td["agents", "action_mask"], gen
-                    )
-                    _, td = env.step_and_maybe_reset(td)
-                state["td"] = td
-
+            gen = torch.Generator().manual_seed(0)
+            full = _full_loop(make(batch), gen)
             # a second env for the raw steps (battles stepped on after their end, no reset)
-            raw_env = make(batch)
-            td = raw_env.reset()
-            actions = [
-                random_available_actions(td["agents", "action_mask"], gen).clone() for _ in range(4)
-            ]
-
-            def raw(n: int, env=raw_env, td=td, actions=actions) -> None:
-                for i in range(n):
-                    td.set(("agents", "action"), actions[i % 4])
-                    env._step(td)
-
+            raw = _raw_loop(make(batch), gen)
             full(150)  # compiles the step and the (partial) resets
             raw(3)
             loops[variant] = {"full": full, "raw": raw}

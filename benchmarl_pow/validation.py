@@ -483,14 +483,16 @@ def check_checkpoint_file(
 def check_replay_dump(checkpoint: str | Path, key: str = "checkpoint") -> None:
     """Refuse ``checkpoint`` when the replay dump beside it (``checkpoint_N.buffers``) exists but
     was cut short while it was written. Raises :class:`ConfigError`."""
-    from benchmarl_pow.episodes.replay import replay_dump_is_complete  # (it imports this module)
+    from benchmarl_pow.episodes.replay import (  # (it imports this module)
+        replay_dump_cut_short,
+        replay_dump_dir,
+    )
 
-    dump = Path(checkpoint).with_suffix(".buffers")
-    if dump.is_dir() and not replay_dump_is_complete(dump):
+    if replay_dump_cut_short(checkpoint):
         raise ConfigError(
             key,
             str(checkpoint),
-            f"its replay dump {dump.name} is incomplete (cut short while it was written): resume "
+            f"its replay dump {replay_dump_dir(checkpoint).name} is incomplete (cut short while it was written): resume "
             "from an older checkpoint, or without the replay "
             "(experiment.exclude_buffer_from_checkpoint=true)",
         )

@@ -30,7 +30,7 @@ from torchrl.objectives import HardUpdate
 
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.layout import VALID_KEY, episodes_from_rollout
-from benchmarl_pow.episodes.replay import make_episode_buffer
+from benchmarl_pow.episodes.replay import make_episode_buffer, replay_dump_dir
 from benchmarl_pow.resumable import REGIME_FILE, ResumableMixin, reload_run
 from benchmarl_pow.validation import check_replay_dump
 
@@ -170,7 +170,7 @@ class EpisodeExperiment(ResumableMixin, Experiment):
     @staticmethod
     def buffer_dir(checkpoint: str | Path) -> Path:
         """Where the replay of ``checkpoint_N.pt`` is dumped: ``checkpoint_N.buffers/<group>``."""
-        return Path(checkpoint).with_suffix(".buffers")
+        return replay_dump_dir(checkpoint)
 
     def _save_experiment(self) -> None:
         """BenchMARL's checkpoint, with each group's replay dumped beside it by

@@ -64,6 +64,17 @@ def make_episode_buffer(
     )
 
 
+def replay_dump_dir(checkpoint: str | Path) -> Path:
+    """Where the replay of ``checkpoint_N.pt`` is dumped: ``checkpoint_N.buffers/<group>``."""
+    return Path(checkpoint).with_suffix(".buffers")
+
+
+def replay_dump_cut_short(checkpoint: str | Path) -> bool:
+    """Whether ``checkpoint`` has a replay dump beside it that is not whole (no dump: False)."""
+    dump = replay_dump_dir(checkpoint)
+    return dump.is_dir() and not replay_dump_is_complete(dump)
+
+
 def replay_dump_is_complete(folder: str | Path) -> bool:
     """Whether ``checkpoint_N.buffers`` (one sub-folder per group, written by
     ``ReplayBuffer.dumps``) is whole: TorchRL writes each group's ``buffer_metadata.json`` last.

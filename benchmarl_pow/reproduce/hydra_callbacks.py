@@ -33,7 +33,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarl_pow.episodes.replay import replay_dump_is_complete
+from benchmarl_pow.episodes.replay import replay_dump_cut_short
 
 COMPLETED = "COMPLETED"
 STATUS = "status.json"
@@ -62,8 +62,7 @@ def checkpoints(seed_folder: str | Path) -> list[tuple[int, Path]]:
     for run in run_folders(seed_folder):
         for path in (run / "checkpoints").glob("checkpoint_*.pt"):
             match = _CHECKPOINT.search(path.name)
-            dump = path.with_suffix(".buffers")
-            if dump.is_dir() and not replay_dump_is_complete(dump):
+            if replay_dump_cut_short(path):
                 continue
             if match and zipfile.is_zipfile(path):
                 found.append((int(match.group(1)), path))

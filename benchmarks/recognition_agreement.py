@@ -169,9 +169,10 @@ def record(args: argparse.Namespace) -> None:
 class Variant:
     """One recognition network and its update rule.
 
-    ``fraction``: the share of the call's valid samples drawn (with replacement, as the loss does)
-    for each step; ``steps``: inner steps per call (first call: ``first_steps``); ``lr_scale``:
-    multiplies the optimiser's learning rate; ``bf16``: the steps' forward under CPU autocast to
+    ``fraction``: the share of the call's valid samples drawn for each step (``draw``: with
+    replacement by default, as the loss drew them before; ``subset``, distinct samples, is what
+    ``recognition_batch_fraction`` does now); ``steps``: inner steps per call (first call:
+    ``first_steps``); ``lr_scale``: multiplies the optimiser's learning rate; ``bf16``: the steps' forward under CPU autocast to
     bfloat16 (matmuls in bf16 with fp32 accumulation; the A_r test itself stays float32).
     """
 
@@ -226,7 +227,7 @@ class Variant:
         for step in range(self.first_steps if first else self.steps):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 if n_draw < n:
-                    if self.draw == "replace":  # what recognition_batch_fraction does
+                    if self.draw == "replace":  # what recognition_batch_fraction did before
                         idx = torch.randint(n, (n_draw,), generator=self.generator)
                     elif self.draw == "subset":  # distinct samples, a fresh subset each step
                         idx = torch.randperm(n, generator=self.generator)[:n_draw]
@@ -256,8 +257,9 @@ class Variant:
 def parse_variant(text: str) -> Variant:
     """``name:key=value,...`` with keys fraction, steps, first_steps, lr_scale, bf16 (0/1), perturb
     (relative noise on the starting weights: 1e-7 is about one float32 ulp), draw
-    (replace: i.i.d. with replacement, as recognition_batch_fraction; subset: distinct samples;
-    epoch: one shuffle per call cut into 1/fraction disjoint chunks, cycled)."""
+    (replace: i.i.d. with replacement, as recognition_batch_fraction drew before; subset: distinct
+    samples, as it draws now; epoch: one shuffle per call cut into 1/fraction disjoint chunks,
+    cycled)."""
     name, _, spec = text.partition(":")
     kwargs = {}
     for item in filter(None, spec.split(",")):

@@ -49,6 +49,11 @@ LOGGER_MODULES = {"csv": None, "wandb": "wandb", "tensorboard": "tensorboard", "
 KNOWN_HARMLESS_WARNINGS = (
     "TaskConfig python dataclass not found",
     "SyncDataCollector has been deprecated",
+    # BenchMARL's note for frame-counted iterations shorter than an episode ("this is normal")
+    "No episode terminated this iteration",
+    # BenchMARL nests TransformedEnvs for RNN models; TorchRL still unwraps them (we rely on nothing
+    # else) and warns that a later version may not
+    "The default behavior of TransformedEnv will change",
 )
 
 

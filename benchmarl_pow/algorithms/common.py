@@ -153,7 +153,11 @@ class WeightedMixerAlgorithm(Algorithm):
         transforms = list(self._agent_inputs.values())
 
         def make_env() -> EnvBase:
-            return TransformedEnv(env_fun(), Compose(*[t.clone() for t in transforms]))
+            # auto_unwrap=True: the task's own transforms and these form one TransformedEnv
+            # (TorchRL's current default, stated so that it does not warn about its change).
+            return TransformedEnv(
+                env_fun(), Compose(*[t.clone() for t in transforms]), auto_unwrap=True
+            )
 
         return make_env
 

@@ -7,7 +7,8 @@ evaluation JSON, and an evaluation JSON that survives a resume.
       [eval powqmix punish_4 seed 0] frames 64000 iter 39 | return 12.50 | captures 1.25 ...
 
   with frames, the mean evaluation return, the task metric (captures and mis-captures on
-  ``predator_prey``, win rate on ``highway``) and, for POW, ``A_r``: the mean fraction of training
+  ``predator_prey``, win rate on ``highway`` and the StarCraft tasks: ``smacv2``, ``smac``,
+  ``smax``) and, for POW, ``A_r``: the mean fraction of training
   samples in the recognition set over the learner calls since the previous evaluation (the loss
   output ``fraction_in_recognition_set``). On ``predator_prey`` it also adds the per-episode lists
   ``captures`` and ``miscaptures`` to the evaluation JSON step (the intersection task's own
@@ -114,7 +115,10 @@ class EvaluationLine(Callback):
                     evaluation_step=experiment.total_frames
                     // experiment.config.evaluation_interval,
                 )
+        # the intersection's "win", the StarCraft tasks' (SMACv2, SMAC, SMAX) "battle_won"
         win = final_info(rollouts, "win")
+        if win is None:
+            win = final_info(rollouts, "battle_won")
         if win is not None:
             parts.append(f"win rate {win.mean().item():.2f}")
         if self._fractions:

@@ -410,6 +410,11 @@ def test_every_algorithm_on_fake_smacv2(algorithm, tmp_path, monkeypatch):
     assert returns and all(math.isfinite(v) for v in returns)
     eval_win_rate = _scalar(experiment.folder_name, "eval_info_win_rate")
     assert eval_win_rate and all(0.0 <= v <= 1.0 for v in eval_win_rate)
+    # the console line of every evaluation carries the same win rate
+    lines = (Path(experiment.folder_name) / "evaluations.log").read_text().splitlines()
+    assert [float(line.split("win rate ")[1].split()[0]) for line in lines] == pytest.approx(
+        eval_win_rate, abs=0.005
+    )
     if algorithm.startswith("pow"):
         assert experiment.losses["agents"].rule.threshold == 0.05
 

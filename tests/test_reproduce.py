@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,71 @@ def test_interrupted_run_resumes_from_checkpoint(
     (probe,) = folder.glob("*/probe.jsonl")
     assert [json.loads(line)["frames"] for line in probe.read_text().splitlines()] == [20, 40]
     assert len(list(folder.glob("*/config.pkl"))) == 1  # the same run folder, continued
+
+
+def test_pack_carries_runs_without_replay_and_they_resume(
+    smoke_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from benchmarl_pow.reproduce.pack import MANIFEST
+
+    dest = tmp_path / "pack"
+    assert main(["pack", str(smoke_set), str(dest)]) == 0
+    assert "packed 4 runs" in capsys.readouterr().out
+    manifest = json.loads((dest / MANIFEST).read_text())
+    assert {r["seed_folder"] for r in manifest["runs"]} == {
+        f"{TASK}/{a}/seed_{s}" for a in ("pow_qmix", "qmix_lambda") for s in (0, 1)
+    }
+    for run in manifest["runs"]:
+        folder = dest / run["seed_folder"]
+        (carried,) = folder.glob("*/checkpoints/*")  # the newest checkpoint only
+        assert carried.name == Path(run["checkpoint"]).name and run["frames"] > 0
+        assert (folder / COMPLETED).exists() == (smoke_set / run["seed_folder"] / COMPLETED).exists()
+        assert list(folder.glob("*/evaluations.log")) and list(folder.glob("*/*.json"))
+    assert not list(dest.rglob("*.buffers*"))
+    assert main(["pack", str(smoke_set), str(smoke_set / "inside")]) == 2
+    assert "is inside out" in capsys.readouterr().err
+
+    # another machine: the pack copied under a new output folder, one run extended
+    out = tmp_path / "elsewhere"
+    shutil.copytree(dest, out)
+    folder = out / TASK / "qmix_lambda" / "seed_1"
+    args = cli_args(out, ("qmix_lambda",), (1,), launcher="basic", iterations=2)
+    assert main(args) == 0
+    assert "extend   predator_prey/punish_4 qmix_lambda seed 1  <- checkpoint_20.pt" in (
+        capsys.readouterr().out
+    )
+    status = json.loads((folder / STATUS).read_text())
+    assert status["resumed_from"].endswith("checkpoint_20.pt")
+    assert Path(status["resumed_from"]).is_relative_to(folder.resolve())
+    assert status["replay"] == "restored"  # the frames regime keeps its buffer in the checkpoint
+    assert _json_steps(folder) == [20, 40]
+
+
+def test_replay_on_resume_names_a_refill() -> None:
+    from omegaconf import OmegaConf
+
+    from benchmarl_pow.reproduce.hydra_callbacks import replay_on_resume
+
+    def config(regime: str, exclude: bool = False):
+        return OmegaConf.create(
+            {"regime": {"name": regime}, "experiment": {"exclude_buffer_from_checkpoint": exclude}}
+        )
+
+    assert replay_on_resume(config("episodes"), None) is None
+    assert replay_on_resume(config("frames"), "/x/checkpoints/checkpoint_8.pt") == "restored"
+    assert replay_on_resume(config("frames", True), "/x/checkpoints/checkpoint_8.pt") == "refilled"
+    assert replay_on_resume(config("episodes"), "/nowhere/checkpoint_8.pt") == "refilled"
+
+
+def test_replay_on_resume_finds_the_dump(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from benchmarl_pow.reproduce.hydra_callbacks import replay_on_resume
+
+    checkpoint = tmp_path / "checkpoint_8.pt"
+    (tmp_path / "checkpoint_8.buffers" / "agents").mkdir(parents=True)
+    cfg = OmegaConf.create({"regime": {"name": "episodes"}, "experiment": {}})
+    assert replay_on_resume(cfg, str(checkpoint)) == "restored"
 
 
 # ----------------------------------------------------------------------------- fast unit tests

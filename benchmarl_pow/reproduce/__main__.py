@@ -9,7 +9,9 @@ Run a set (extra ``key=value`` arguments are passed to every ``run.py`` job as H
 
 Call the same command again to continue: finished runs are skipped, the others resume from their
 newest checkpoint. ``python -m benchmarl_pow.reproduce status results/predator_prey`` shows where
-each run stands. Then::
+each run stands. ``python -m benchmarl_pow.reproduce pack results/predator_prey carry/`` copies the
+runs without their replay dumps, to continue them on another machine (see
+:mod:`benchmarl_pow.reproduce.pack`). Then::
 
     python -m benchmarl_pow.reproduce plot results/predator_prey --out results/predator_prey/report
 """
@@ -76,6 +78,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarl_pow.reproduce.launch import status_lines
 
         print("\n".join(status_lines(args.out)) or f"no runs under {args.out}")
+        return 0
+    if argv and argv[0] == "pack":
+        parser = argparse.ArgumentParser(
+            prog="python -m benchmarl_pow.reproduce pack",
+            description="Copy a set's runs without their replay dumps (each run's newest "
+            "checkpoint, logs and results) to carry them to another machine. Copy the pack back "
+            "under an output folder (cp -r DEST/. OUT/) and run the set again: each run resumes "
+            "from its checkpoint with an empty replay that refills (not an exact resume).",
+        )
+        parser.add_argument("out", help="a set's output folder")
+        parser.add_argument("dest", help="where the pack goes (outside OUT)")
+        args = parser.parse_args(argv[1:])
+        from benchmarl_pow.reproduce.pack import MANIFEST, folder_size, pack
+
+        try:
+            manifest = pack(args.out, args.dest)
+        except ValueError as error:
+            print(f"reproduce pack: {error}", file=sys.stderr)
+            return 2
+        for run in manifest["runs"]:
+            frames = run["frames"]
+            print(f"  {run['seed_folder']:<45} " + (f"ckpt {frames:>9}" if frames else "no checkpoint"))
+        size = folder_size(args.dest) / 2**20
+        print(f"packed {len(manifest['runs'])} runs into {args.dest} ({size:.1f} MiB, {MANIFEST})")
         return 0
     if argv and argv[0] == "plot":
         args = _plot_parser().parse_args(argv[1:])

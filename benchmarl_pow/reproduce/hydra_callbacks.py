@@ -33,7 +33,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarl_pow.episodes.replay import replay_dump_cut_short
+from benchmarl_pow.episodes.replay import replay_dump_cut_short, replay_dump_dir
 
 COMPLETED = "COMPLETED"
 STATUS = "status.json"
@@ -105,6 +105,20 @@ def _register_resolver() -> None:
 _register_resolver()
 
 
+def replay_on_resume(config: DictConfig, restore: str | None) -> str | None:
+    """What a job resuming from ``restore`` does with its replay: ``"restored"`` (the episode
+    regime's dump beside the checkpoint, or BenchMARL's buffer inside it), ``"refilled"`` (no
+    dump, e.g. a run carried by ``reproduce pack``, or ``exclude_buffer_from_checkpoint``: it
+    starts empty), None for a job that starts from scratch."""
+    if restore is None:
+        return None
+    if config.experiment.get("exclude_buffer_from_checkpoint", False):
+        return "refilled"
+    if config.get("regime", {}).get("name") != "episodes":
+        return "restored"
+    return "restored" if replay_dump_dir(restore).is_dir() else "refilled"
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as f:
@@ -133,6 +147,7 @@ class RunStatusCallback(HydraCallback):
                 "pid": os.getpid(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "resumed_from": restore,
+                "replay": replay_on_resume(config, restore),
                 "overrides": list(config.hydra.overrides.task),
             },
         )

@@ -286,6 +286,33 @@ def test_table_from_json(tmp_path: Path) -> None:
     assert "| pow_qmix | 40 | 30.0 ± 127.1 |" in markdown_table(rows)
 
 
+def test_runs_with_their_own_algorithm_settings_are_a_separate_variant(tmp_path: Path) -> None:
+    """The faithful POW seed 0 and a seed 0 run with ``algorithm.recognition_batch_fraction=0.4``
+    are two rows (never averaged, never one hiding the other); a JSON file named directly is read
+    (the committed copies under docs/results/*/json/ are not in run folders)."""
+    data = lambda v: {  # noqa: E731
+        "predator_prey": {"punish_4": {"powqmix": {"seed_0": {
+            "step_1": {"step_count": 16000, "return": [v, v]}}}}}
+    }  # fmt: skip
+    faithful = tmp_path / "copies" / "powqmix_punish_4_a.json"
+    faithful.parent.mkdir()
+    faithful.write_text(json.dumps(data(30.0)))
+    seed_folder = tmp_path / "set" / "seed_0"
+    run = seed_folder / "run_b"
+    run.mkdir(parents=True)
+    (run / "run_b.json").write_text(json.dumps(data(10.0)))
+    overrides = ["seed=0", "algorithm=pow_qmix", "algorithm.recognition_batch_fraction=0.4"]
+    (seed_folder / STATUS).write_text(json.dumps({"status": "running", "overrides": overrides}))
+    assert load_runs([tmp_path / "copies"]) == []  # not a run folder: only named files count
+    rows = table_rows(load_runs([faithful, tmp_path / "set"]))
+    assert [(r.algorithm, r.final[0], r.paper) for r in rows] == [
+        ("pow_qmix", 30.0, 40.0),
+        ("pow_qmix[recognition_batch_fraction=0.4]", 10.0, 40.0),
+    ]
+    report = make_report([faithful, tmp_path / "set"], tmp_path / "report")
+    assert report["runs"] == 2
+
+
 def test_episode_metrics_cut_at_first_done() -> None:
     import torch
     from tensordict import TensorDict

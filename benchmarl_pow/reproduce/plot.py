@@ -23,6 +23,7 @@ from typing import Any
 
 from benchmarl_pow.reproduce.results import (
     Run,
+    base_algorithm,
     curve,
     load_runs,
     markdown_table,
@@ -57,8 +58,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _slug(task: str) -> str:
-    return task.replace("/", "_")
+def _slug(name: str) -> str:
+    """A task or variant label as a file-name part (``predator_prey_punish_4``)."""
+    for char in "/[],= ":
+        name = name.replace(char, "_")
+    return name.strip("_")
 
 
 def _band(ax: Any, runs: Sequence[Run], metric: str, scale: float, color: str, **kw: Any) -> int:
@@ -124,7 +128,7 @@ def plot_curves(runs: Sequence[Run], out: Path) -> list[Path]:
             if not seeds:
                 continue
             ax.lines[-1].set_label(f"{algorithm} (n = {seeds} seeds)")
-            paper = PAPER_VALUES.get(task, {}).get(algorithm)
+            paper = PAPER_VALUES.get(task, {}).get(base_algorithm(algorithm))
             if paper is not None:
                 ax.axhline(paper, color=color, linestyle=":", linewidth=1)
             if captures:
@@ -224,7 +228,7 @@ def plot_probes(runs: Sequence[Run], out: Path) -> list[Path]:
     for run in runs:
         probe = run.path.parent / "probe.jsonl"
         if probe.exists() and probe.stat().st_size > 0:
-            name = f"probe_{_slug(run.task)}_{run.algorithm}_seed{run.seed}.png"
+            name = f"probe_{_slug(run.task)}_{_slug(run.algorithm)}_seed{run.seed}.png"
             title = f"{run.algorithm} on {run.task}, seed {run.seed}"
             paths.append(plot_probe(probe, out / name, title))
     return paths

@@ -31,6 +31,19 @@ KNOWN_ALGORITHMS = (*TABLE1_ALGORITHMS, "pow_vdn", "pow_qplex", "qmix", "vdn", "
 _BY_CLASS = {name.replace("_", ""): name for name in KNOWN_ALGORITHMS}
 
 
+def variant_label(algorithm: str, overrides: Sequence[str]) -> str:
+    """``algorithm`` with the run's own ``algorithm.*`` overrides, e.g.
+    ``pow_qmix[recognition_batch_fraction=0.4]``: runs of one algorithm with different settings
+    are separate curves and table rows, never averaged as seeds of one another."""
+    own = sorted(o.removeprefix("algorithm.") for o in overrides if o.startswith("algorithm."))
+    return f"{algorithm}[{','.join(own)}]" if own else algorithm
+
+
+def base_algorithm(label: str) -> str:
+    """The algorithm config name of a :func:`variant_label` (for the paper's values)."""
+    return label.split("[", 1)[0]
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     """Mean and half-width of the 95 % Student-t confidence interval (0 for one value)."""
     n = len(values)
@@ -49,7 +62,8 @@ class Run:
     """One run's evaluation history.
 
     Attributes:
-        task: ``<env>/<task>``.  algorithm: config name (``pow_qmix``).  seed: the seed.
+        task: ``<env>/<task>``.  algorithm: config name (``pow_qmix``), with the run's
+        ``algorithm.*`` overrides when it had some (:func:`variant_label`).  seed: the seed.
         path: the JSON file.
         frames: evaluation frame counts, increasing.
         metrics: metric -> one value per evaluation (mean over evaluation episodes).
@@ -134,18 +148,22 @@ def read_json(path: str | Path) -> list[Run]:
                         for metric in run.metrics:
                             run.metrics[metric].append(_mean(entry.get(metric, [])))
                     _job_records(run)
+                    run.algorithm = variant_label(run.algorithm, run.overrides)
                     runs.append(run)
     return runs
 
 
 def find_json_files(folders: Iterable[str | Path]) -> list[Path]:
     """BenchMARL evaluation JSON files (``<run>/<run>.json``) under ``folders``, skipping runs
-    moved to ``discarded/`` folders by the workflow."""
+    moved to ``discarded/`` folders by the workflow; a file named directly is taken as it is
+    (e.g. the copies under ``docs/results/*/json/``)."""
     found = []
     for folder in folders:
         folder = Path(folder)
-        candidates = [folder] if folder.is_file() else folder.rglob("*.json")
-        for path in candidates:
+        if folder.is_file():
+            found.append(folder)
+            continue
+        for path in folder.rglob("*.json"):
             if path.stem == path.parent.name and "discarded" not in path.parts:
                 found.append(path)
     return sorted(set(found))
@@ -243,7 +261,7 @@ def table_rows(runs: Sequence[Run], metric: str | None = None) -> list[Row]:
                 task=task,
                 algorithm=algorithm,
                 metric=m,
-                paper=PAPER_VALUES.get(task, {}).get(algorithm),
+                paper=PAPER_VALUES.get(task, {}).get(base_algorithm(algorithm)),
                 final=mean_ci(finals),
                 best=mean_ci(bests),
                 seeds=len(series),

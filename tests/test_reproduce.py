@@ -167,6 +167,10 @@ def test_pack_carries_runs_without_replay_and_they_resume(
     # another machine: the pack copied under a new output folder, one run extended
     out = tmp_path / "elsewhere"
     shutil.copytree(dest, out)
+    status_file = out / TASK / "pow_qmix" / "seed_1" / STATUS
+    status_file.write_text(json.dumps({"status": "running", "host": "node-7", "pid": 1}))
+    (status_file.parent / COMPLETED).unlink()
+    assert " running? " in next(line for line in status_lines(out) if "pow_qmix/seed_1" in line)
     folder = out / TASK / "qmix_lambda" / "seed_1"
     args = cli_args(out, ("qmix_lambda",), (1,), launcher="basic", iterations=2)
     assert main(args) == 0

@@ -300,7 +300,8 @@ def run_set(
 
 def status_lines(out: str | Path) -> list[str]:
     """One line per seed folder under ``out`` (those with a ``status.json``): the run, its job
-    status, the frames of its newest checkpoint and its last evaluation line."""
+    status (``running?`` for a job started on another machine, which this one cannot check),
+    the frames of its newest checkpoint and its last evaluation line."""
     lines = []
     for status_file in sorted(Path(out).rglob(STATUS)):
         folder = status_file.parent
@@ -311,6 +312,8 @@ def status_lines(out: str | Path) -> list[str]:
         if state == "running" and status.get("host") == socket.gethostname():
             if not _alive(int(status.get("pid", -1))):
                 state = "interrupted"
+        elif state == "running":  # another machine's job (a cluster node, or a carried pack)
+            state = "running?"
         if is_completed(folder):
             state = "completed"
         found = checkpoints(folder)

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,8 @@ GROUPS = ("algorithm", "task", "model", "experiment", "regime")
 #: Loggers BenchMARL knows, with the module each needs.
 LOGGER_MODULES = {"csv": None, "wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}
 
-#: Warnings every run prints that say nothing about the user's run (shown with ``verbose=true``).
+#: Warnings every run prints that say nothing about the user's run (shown with ``verbose=true``);
+#: each is a regular expression matched at the start of the message (``warnings.filterwarnings``).
 KNOWN_HARMLESS_WARNINGS = (
     "TaskConfig python dataclass not found",
     "SyncDataCollector has been deprecated",
@@ -54,6 +56,10 @@ KNOWN_HARMLESS_WARNINGS = (
     # BenchMARL nests TransformedEnvs for RNN models; TorchRL still unwraps them (we rely on nothing
     # else) and warns that a later version may not
     "The default behavior of TransformedEnv will change",
+    # TorchRL's PettingZoo import tries every family; those we do not use (Atari, SISL, ...) need
+    # packages that the `pettingzoo` extra leaves out
+    "PettingZoo failed to load all modules",
+    r"\w+ environments failed to load with error message",
 )
 
 
@@ -570,12 +576,17 @@ def choices_from_overrides(overrides: Iterable[str]) -> dict[str, str]:
 
 
 def quiet_known_warnings(verbose: bool = False) -> None:
-    """Hide :data:`KNOWN_HARMLESS_WARNINGS` and TorchRL's info logs unless ``verbose``."""
+    """Hide :data:`KNOWN_HARMLESS_WARNINGS` and TorchRL's info logs unless ``verbose``. On a
+    machine without a display, also give SDL (pygame, PettingZoo's MPE renderer) its ``dummy``
+    video driver unless ``SDL_VIDEODRIVER`` is set: otherwise SDL prints an error line
+    (``XDG_RUNTIME_DIR is invalid``) for every env it creates; rendering to arrays still works."""
     if verbose:
         return
     for message in KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("torchrl").setLevel(logging.WARNING)
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 # ----------------------------------------------------------------------------- during training

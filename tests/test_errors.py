@@ -339,15 +339,33 @@ def test_known_harmless_warnings_are_hidden_unless_verbose():
         "SyncDataCollector has been deprecated and will be removed in v0.13.",
         "No episode terminated this iteration and thus the episode rewards will be NaN, ...",
         "The default behavior of TransformedEnv will change in version 0.9. Nested ...",
+        "PettingZoo failed to load all modules with error message No module named 'x', ...",
+        "Atari environments failed to load with error message No module named 'x'.",
         "something else",
     ]
-    for verbose, expected in ((False, emitted[4:]), (True, emitted)):
+    for verbose, expected in ((False, emitted[6:]), (True, emitted)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             quiet_known_warnings(verbose=verbose)
             for message in emitted:
                 warnings.warn(message, stacklevel=1)
         assert [str(w.message) for w in caught] == expected
+
+
+def test_quiet_gives_sdl_a_dummy_driver_only_without_a_display(monkeypatch):
+    from benchmarl_pow.validation import quiet_known_warnings
+
+    for display, preset, expected in (
+        (None, None, "dummy"), (":0", None, None), (None, "x11", "x11"),
+    ):  # fmt: skip
+        for key, value in (("DISPLAY", display), ("SDL_VIDEODRIVER", preset)):
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+        quiet_known_warnings(verbose=False)
+        assert os.environ.get("SDL_VIDEODRIVER") == expected
 
 
 def test_agent_inputs_on_a_transformed_task_env_do_not_warn(tmp_path):

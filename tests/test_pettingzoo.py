@@ -45,3 +45,22 @@ def test_every_algorithm_on_simple_spread(algorithm, tmp_path):
     with open(files[0]) as f:
         values = [float(row[1]) for row in csv.reader(f)]
     assert values and all(math.isfinite(v) for v in values)
+
+
+def test_cli_run_is_quiet(tmp_path):
+    """The CLI on a PettingZoo task prints no library warning and no SDL error line (headless)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "SDL_VIDEODRIVER")}
+    result = subprocess.run(
+        [sys.executable, "benchmarl_pow/run.py", "algorithm=qmix_lambda",
+         "task=pettingzoo/simple_spread", "experiment=smoke", "task.max_cycles=10",
+         f"experiment.save_folder={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "Warning" not in output and "XDG_RUNTIME_DIR" not in output, output[-2000:]

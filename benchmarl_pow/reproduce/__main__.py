@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from benchmarl_pow.reproduce.launch import LAUNCHERS, run_set
+from benchmarl_pow.reproduce.launch import LAUNCHERS, SetRequest, run_set
 from benchmarl_pow.reproduce.sets import BUDGETS, SETS, budget_overrides
 
 
@@ -105,8 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "plot":
         args = _plot_parser().parse_args(argv[1:])
-        from pathlib import Path
-
         from benchmarl_pow.reproduce.plot import make_report
 
         out = args.out or str(Path(args.folders[0]) / "report")
@@ -127,18 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     algorithms = args.algorithms or list(experiment_set.algorithms)
     out = args.out or f"results/{args.set}_{args.budget}"
     overrides = budget_overrides(args.set, args.budget, keep_buffer=not args.no_buffer)
-    return run_set(
-        out,
-        tasks,
-        algorithms,
-        args.seeds,
-        overrides,
+    request = SetRequest(
+        out=Path(out),
+        tasks=tasks,
+        algorithms=algorithms,
+        seeds=args.seeds,
+        budget_overrides=overrides,
         launcher=args.launcher,
         jobs=args.jobs,
         extra=extra,
-        dry_run=args.dry_run,
     )
-
+    return run_set(request, dry_run=args.dry_run)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -195,18 +195,34 @@ def launcher_overrides(launcher: str, jobs: int) -> list[str]:
     raise ValueError(f"unknown launcher {launcher!r}; choose from {list(LAUNCHERS)}")
 
 
+@dataclass(frozen=True)
+class SetRequest:
+    """What ``reproduce <set>`` was asked to run.
+
+    Attributes:
+        out: the set's output folder.
+        tasks, algorithms, seeds: the runs (their Cartesian product).
+        budget_overrides: the budget's Hydra overrides (:func:`~benchmarl_pow.reproduce.sets.budget_overrides`).
+        launcher: one of :data:`LAUNCHERS`.  jobs: parallel runs of the joblib launcher.
+        extra: further ``key=value`` overrides for every run.
+    """
+
+    out: Path
+    tasks: Sequence[str]
+    algorithms: Sequence[str]
+    seeds: Sequence[int]
+    budget_overrides: Sequence[str]
+    launcher: str = "joblib"
+    jobs: int = 2
+    extra: Sequence[str] = ()
+
+
 def multirun_command(
-    out: str | Path,
-    tasks: Sequence[str],
-    algorithms: Sequence[str],
-    seeds: Sequence[int],
-    budget_overrides: Sequence[str],
-    launcher: str = "joblib",
-    jobs: int = 2,
-    extra: Sequence[str] = (),
+    request: SetRequest, tasks: Sequence[str], algorithms: Sequence[str], seeds: Sequence[int]
 ) -> list[str]:
-    """The ``run.py -m`` command line of one sweep (a list for :func:`subprocess.run`)."""
-    out = Path(out).resolve()
+    """The ``run.py -m`` command line of one sweep of ``request`` (a sub-product of its runs; a
+    list for :func:`subprocess.run`)."""
+    out = Path(request.out).resolve()
     return [
         sys.executable,
         "-m",
@@ -217,15 +233,15 @@ def multirun_command(
         f"task={','.join(tasks)}",
         f"seed={','.join(str(s) for s in seeds)}",
         f"algorithm={','.join(algorithms)}",
-        *budget_overrides,
+        *request.budget_overrides,
         "experiment.save_folder=${hydra:runtime.output_dir}",
         # quoted: Hydra's override grammar does not parse a nested interpolation unquoted
         f"experiment.restore_file='${{{RESOLVER}:${{hydra:runtime.output_dir}}}}'",
         f"hydra.sweep.dir={out}",
         f"hydra.sweep.subdir={SUBDIR}",
         f"+hydra.callbacks.pow_run_status._target_={CALLBACK}",
-        *launcher_overrides(launcher, jobs),
-        *extra,
+        *launcher_overrides(request.launcher, request.jobs),
+        *request.extra,
     ]
 
 
@@ -240,25 +256,21 @@ def format_plan(plans: Sequence[RunPlan]) -> str:
     return "\n".join(lines)
 
 
-def run_set(
-    out: str | Path,
-    tasks: Sequence[str],
-    algorithms: Sequence[str],
-    seeds: Sequence[int],
-    budget_overrides: Sequence[str],
-    launcher: str = "joblib",
-    jobs: int = 2,
-    extra: Sequence[str] = (),
-    dry_run: bool = False,
-) -> int:
+def run_set(request: SetRequest, dry_run: bool = False) -> int:
     """Plan, print the plan, and launch the sweeps one after the other.
 
     Returns:
         0 when every sweep's ``run.py -m`` exited with 0 (or nothing was left to do), else the
         first non-zero exit code.
     """
-    out = Path(out).resolve()
-    plans = plan_runs(out, tasks, algorithms, seeds, [*budget_overrides, *extra])
+    out = Path(request.out).resolve()
+    plans = plan_runs(
+        out,
+        request.tasks,
+        request.algorithms,
+        request.seeds,
+        [*request.budget_overrides, *request.extra],
+    )
     print(f"reproduce: {len(plans)} runs under {out}")
     print(format_plan(plans), flush=True)
     conflicts = [p for p in plans if p.action == "conflict"]
@@ -279,9 +291,7 @@ def run_set(
     env.setdefault("HYDRA_FULL_ERROR", "1")
     code = 0
     for task_list, alg_list, seed_list in sweeps:
-        command = multirun_command(
-            out, task_list, alg_list, seed_list, budget_overrides, launcher, jobs, extra
-        )
+        command = multirun_command(request, task_list, alg_list, seed_list)
         print("reproduce: " + shlex.join(command), flush=True)
         if dry_run:
             continue

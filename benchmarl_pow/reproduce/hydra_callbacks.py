@@ -51,6 +51,15 @@ def run_folders(seed_folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "config.pkl").exists())
 
 
+def seed_folders(out: str | Path) -> list[Path]:
+    """The seed folders under a set's output folder (those with a ``status.json``), leaving out
+    runs the workflow moved to ``discarded/``."""
+    out = Path(out)
+    return sorted(
+        p.parent for p in out.rglob(STATUS) if "discarded" not in p.relative_to(out).parts
+    )
+
+
 def checkpoints(seed_folder: str | Path) -> list[tuple[int, Path]]:
     """``(frames, path)`` of every readable checkpoint of the seed folder's runs, oldest first.
 

@@ -34,12 +34,12 @@ from pathlib import Path
 from benchmarl_pow.reproduce.hydra_callbacks import (
     COMPLETED,
     RESOLVER,
-    STATUS,
     checkpoints,
     is_completed,
     last_checkpoint,
     read_status,
     run_folders,
+    seed_folders,
 )
 
 LAUNCHERS = ("joblib", "submitit_slurm", "submitit_local", "basic")
@@ -313,10 +313,7 @@ def status_lines(out: str | Path) -> list[str]:
     status (``running?`` for a job started on another machine, which this one cannot check),
     the frames of its newest checkpoint and its last evaluation line."""
     lines = []
-    for status_file in sorted(Path(out).rglob(STATUS)):
-        folder = status_file.parent
-        if "discarded" in folder.relative_to(out).parts:
-            continue
+    for folder in seed_folders(out):
         status = read_status(folder)
         state = status.get("status", "?")
         if state == "running" and status.get("host") == socket.gethostname():

@@ -21,21 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarl_pow.reproduce.hydra_callbacks import STATUS, checkpoints, run_folders
+from benchmarl_pow.reproduce.hydra_callbacks import STATUS, checkpoints, run_folders, seed_folders
 
 #: written at the top of a pack: where it came from and what each run carries
 MANIFEST = "PACKED.json"
-
-
-def seed_folders(out: str | Path) -> list[Path]:
-    """The seed folders of a set's output folder (those with a ``status.json``), discarded runs
-    left out."""
-    out = Path(out)
-    return sorted(
-        p.parent
-        for p in out.rglob(STATUS)
-        if "discarded" not in p.relative_to(out).parts
-    )
 
 
 def _copy_run_folder(run: Path, target: Path, keep: Path | None) -> None:

@@ -34,7 +34,6 @@ import os
 import pickle
 import random
 import re
-import socket
 import warnings
 from collections import deque
 from collections.abc import Mapping
@@ -51,13 +50,15 @@ from torchrl.envs import EnvBase, TransformedEnv
 from benchmarl_pow.episodes.config import RegimeConfig
 from benchmarl_pow.episodes.run_files import rewind_records, rewind_scalars
 from benchmarl_pow.evaluation_log import EVALUATIONS_LOG, merge_previous_evaluations
+from benchmarl_pow.machine import alive_here, process_record
 from benchmarl_pow.validation import IDENTITY_FILE, ConfigError
 
 #: the run folder's record of its regime (:class:`RegimeConfig` as JSON)
 REGIME_FILE = "regime.json"
 #: the checkpoint entry holding :meth:`ResumableMixin._resume_state`'s additions
 RESUME_KEY = "resume"
-#: In a run folder while a process trains it: ``{"pid", "host"}`` (removed when ``run`` returns).
+#: In a run folder while a process trains it: ``{"pid", "host", "boot"}`` (removed when ``run``
+#: returns; :mod:`benchmarl_pow.machine`).
 RUNNING_FILE = "running.json"
 
 
@@ -66,18 +67,14 @@ _FRAMES_FIELD = re.compile(r"\bframes (\d+)\b")
 
 # ------------------------------------------------------------------------------ run files
 def live_owner(run_folder: str | Path) -> int | None:
-    """The pid of a process on this host that is training ``run_folder`` now, or None (no
-    ``running.json``, another host, or a process that is gone)."""
+    """The pid of a process on this machine that is training ``run_folder`` now, or None (no
+    ``running.json``, another machine or boot, or a process that is gone)."""
     try:
         with open(Path(run_folder) / RUNNING_FILE) as f:
             owner = json.load(f)
-        pid = int(owner["pid"])
-        if owner["host"] != socket.gethostname() or pid == os.getpid():
-            return None
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    return pid
+    return int(owner["pid"]) if isinstance(owner, dict) and alive_here(owner) else None
 
 
 def check_not_live(checkpoint: str | Path, key: str = "checkpoint") -> None:
@@ -223,7 +220,7 @@ class ResumableMixin:
         resume of the same folder refuses while this process still writes it."""
         marker = Path(self.folder_name) / RUNNING_FILE
         with open(marker, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            json.dump(process_record(), f)
         try:
             return super().run(*args, **kwargs)
         finally:

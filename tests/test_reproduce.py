@@ -184,6 +184,61 @@ def test_pack_carries_runs_without_replay_and_they_resume(
     assert _json_steps(folder) == [20, 40]
 
 
+def test_pack_of_a_live_run_leaves_its_process_behind(tmp_path: Path) -> None:
+    """A run packed while it trains: the pack drops its live marker (running.json) and records
+    the job as interrupted, so that the machine it goes to resumes it rather than taking some
+    process of its own with the same pid for it."""
+    import torch
+
+    from benchmarl_pow.machine import process_record
+    from benchmarl_pow.reproduce.pack import pack
+
+    seed = tmp_path / "out" / TASK / "pow_qmix" / "seed_0"
+    run = seed / "run_a"
+    dump = run / "checkpoints" / "checkpoint_16.buffers" / "agents"  # a whole replay dump
+    dump.mkdir(parents=True)
+    (dump / "buffer_metadata.json").write_text("{}")
+    (run / "config.pkl").write_bytes(b"")
+    for frames in (8, 16):
+        torch.save({"state": {}}, run / "checkpoints" / f"checkpoint_{frames}.pt")
+    live = {"status": "running", **process_record()}
+    (seed / STATUS).write_text(json.dumps(live))
+    (run / "running.json").write_text(json.dumps(process_record()))
+    manifest = pack(tmp_path / "out", tmp_path / "pack")
+    assert [(r["checkpoint"], r["frames"]) for r in manifest["runs"]] == [
+        ("run_a/checkpoints/checkpoint_16.pt", 16)
+    ]
+    packed = tmp_path / "pack" / TASK / "pow_qmix" / "seed_0"
+    assert sorted(p.name for p in (packed / "run_a").rglob("*")) == [
+        "checkpoint_16.pt", "checkpoints", "config.pkl"
+    ]  # fmt: skip
+    status = json.loads((packed / STATUS).read_text())
+    assert status["status"] == "interrupted" and "packed" in status
+    assert json.loads((seed / STATUS).read_text())["status"] == "running"  # the source untouched
+    plan = plan_runs(tmp_path / "pack", [TASK], ["pow_qmix"], [0])
+    assert [(p.action, Path(p.checkpoint).name) for p in plan] == [("resume", "checkpoint_16.pt")]
+
+
+def test_a_process_record_is_checked_only_on_its_machine_and_boot() -> None:
+    import subprocess
+    import sys
+
+    from benchmarl_pow.machine import alive_here, on_this_machine, process_record
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {**process_record(), "pid": child.pid}
+        assert on_this_machine(record) and alive_here(record)
+        assert not alive_here({**record, "boot": "another-boot"})  # same host name, other machine
+        assert not alive_here({**record, "host": "node-7"})
+        assert alive_here({k: v for k, v in record.items() if k != "boot"})  # older records
+        assert not alive_here(process_record())  # this process itself
+    finally:
+        child.kill()
+        child.wait()
+    assert not alive_here(record)
+
+
 def test_replay_on_resume_names_a_refill() -> None:
     from omegaconf import OmegaConf
 

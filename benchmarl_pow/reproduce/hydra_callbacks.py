@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from benchmarl_pow.episodes.replay import replay_dump_cut_short, replay_dump_dir
+from benchmarl_pow.machine import process_record
 
 COMPLETED = "COMPLETED"
 STATUS = "status.json"
@@ -152,8 +152,7 @@ class RunStatusCallback(HydraCallback):
             folder / STATUS,
             {
                 "status": "running",
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
+                **process_record(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "resumed_from": restore,
                 "replay": replay_on_resume(config, restore),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarl_pow.machine import alive_here, on_this_machine
 from benchmarl_pow.reproduce.hydra_callbacks import (
     COMPLETED,
     RESOLVER,
@@ -74,14 +74,6 @@ class RunPlan:
     checkpoint: str | None = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 #: overrides that define *which* experiment a run is: a seed folder whose marker names other values
 #: belongs to another budget (its checkpoints would not load)
 IDENTITY_KEYS = ("experiment", "model")
@@ -118,13 +110,7 @@ def plan_runs(
             for seed in seeds:
                 folder = seed_folder(out, task, algorithm, seed)
                 status = read_status(folder)
-                pid = int(status.get("pid", -1))
-                if (
-                    status.get("status") == "running"
-                    and status.get("host") == socket.gethostname()
-                    and pid != os.getpid()
-                    and _alive(pid)
-                ):
+                if status.get("status") == "running" and alive_here(status):
                     plans.append(RunPlan(task, algorithm, seed, folder, "busy"))
                     continue
                 checkpoint = last_checkpoint(folder)
@@ -316,8 +302,8 @@ def status_lines(out: str | Path) -> list[str]:
     for folder in seed_folders(out):
         status = read_status(folder)
         state = status.get("status", "?")
-        if state == "running" and status.get("host") == socket.gethostname():
-            if not _alive(int(status.get("pid", -1))):
+        if state == "running" and on_this_machine(status):
+            if not alive_here(status):
                 state = "interrupted"
         elif state == "running":  # another machine's job (a cluster node, or a carried pack)
             state = "running?"

@@ -21,7 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarl_pow.reproduce.hydra_callbacks import STATUS, checkpoints, run_folders, seed_folders
+from benchmarl_pow.reproduce.hydra_callbacks import (
+    STATUS,
+    checkpoints,
+    read_status,
+    run_folders,
+    seed_folders,
+)
+from benchmarl_pow.resumable import RUNNING_FILE
 
 #: written at the top of a pack: where it came from and what each run carries
 MANIFEST = "PACKED.json"
@@ -30,7 +37,8 @@ MANIFEST = "PACKED.json"
 def _copy_run_folder(run: Path, target: Path, keep: Path | None) -> None:
     """Copy BenchMARL's run folder ``run`` to ``target``: every file but the checkpoints, and of
     those only ``keep`` (without its replay dump)."""
-    ignore = shutil.ignore_patterns("checkpoints")
+    # running.json names the process training the folder on this machine: it means nothing there
+    ignore = shutil.ignore_patterns("checkpoints", RUNNING_FILE)
     shutil.copytree(run, target, ignore=ignore, dirs_exist_ok=True)
     if keep is not None and keep.parent.parent == run:
         (target / "checkpoints").mkdir(exist_ok=True)
@@ -69,6 +77,10 @@ def pack(out: str | Path, dest: str | Path) -> dict[str, Any]:
                 _copy_run_folder(path, target / path.name, newest)
             elif path.is_dir() and path.name != "discarded":  # Hydra's .hydra/ records
                 shutil.copytree(path, target / path.name, dirs_exist_ok=True)
+        status = read_status(target)
+        if status.get("status") == "running":  # its process stays here: over there it stopped
+            status.update(status="interrupted", packed=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            (target / STATUS).write_text(json.dumps(status, indent=2))
         runs.append(
             {
                 "seed_folder": str(relative),
